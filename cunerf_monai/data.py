@@ -1,0 +1,126 @@
+"""Training data: endless batches of random target cubes drawn from one LR volume, and the PrepareBatch that
+hands them to :class:`~cunerf_monai.inferers.CuNeRFInferer` inside Ignite's ``SupervisedTrainer``."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.engines.utils import PrepareBatch
+from monai.utils import convert_to_tensor
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .geometry import VolumeGeometry
+from .transforms.array import check_volume
+
+__all__ = ["RandomCubeDataset", "CubePrepareBatch", "geometry_of", "distributed_rank"]
+
+
+def distributed_rank() -> int:
+    """This process's rank under ``torch.distributed`` (0 when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+def geometry_of(image: torch.Tensor, padding: float | Sequence[float] = 1.0) -> VolumeGeometry:
+    """:class:`VolumeGeometry` of a channel-first image ``(1, X, Y, Z)`` (its MetaTensor affine)."""
+    affine = image.affine if isinstance(image, MetaTensor) else torch.eye(4)
+    affine_np = np.asarray(convert_to_tensor(affine, track_meta=False).cpu().numpy(), dtype=np.float64)
+    return VolumeGeometry(tuple(image.shape[-3:]), affine_np, padding)  # type: ignore[arg-type]
+
+
+class RandomCubeDataset(IterableDataset):
+    """An endless stream of batches of random target cubes from one normalised LR volume.
+
+    Each item is one batch (use ``DataLoader(dataset, batch_size=None)``):
+
+    * ``"centre"``: target centres in field coordinates ``(B, 3)`` (LR voxel centres);
+    * ``"target"``: the LR intensities there ``(B,)``;
+    * ``"half_extent"``: the cube half-size in field units ``(3,)`` (``cube_size / 2`` LR voxels per axis).
+
+    Each process (rank) and dataloader worker draws from its own stream, ``seed + 1000 · rank + worker``,
+    so distributed ranks see different cubes and a run replays exactly from the same seed.
+
+    Args:
+        image: channel-first normalised LR volume ``(1, X, Y, Z)`` (a MetaTensor carries the affine).
+        batch_size: cubes per batch (paper: 2048).
+        cube_size: cube edge in LR voxels (paper default 1: the LR voxel's footprint).
+        padding: field padding ``P`` in LR voxels (Eq. 7).
+        seed: base seed of the random stream.
+    """
+
+    def __init__(
+        self,
+        image: torch.Tensor,
+        batch_size: int = 2048,
+        cube_size: float = 1.0,
+        padding: float | Sequence[float] = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check_volume(image, "training image")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        if not cube_size > 0:
+            raise ValueError(f"cube_size must be positive (LR voxels), got {cube_size}.")
+        self.geometry = geometry_of(image, padding)
+        self.values = convert_to_tensor(image, track_meta=False, dtype=torch.float32).reshape(-1).contiguous()
+        self.batch_size = int(batch_size)
+        self.cube_size = float(cube_size)
+        self.seed = int(seed)
+        self.half_extent = torch.as_tensor(self.geometry.field_per_voxel * self.cube_size / 2.0, dtype=torch.float32)
+        shape = torch.tensor(self.geometry.shape)
+        self._strides = torch.tensor([shape[1] * shape[2], shape[2], 1])
+        self._dims = shape
+        self._to_field = torch.as_tensor(self.geometry.affine_to_field(self.geometry.affine), dtype=torch.float32)
+        self.generator: torch.Generator | None = None
+
+    def stream_seed(self) -> int:
+        """Seed of this process's and worker's stream."""
+        info = get_worker_info()
+        return self.seed + 1000 * distributed_rank() + (info.id if info is not None else 0)
+
+    def sample(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One batch drawn with ``generator``."""
+        flat = torch.randint(0, self.values.numel(), (self.batch_size,), generator=generator)
+        index = ((flat.unsqueeze(-1) // self._strides) % self._dims).float()
+        centre = index @ self._to_field[:3, :3].T + self._to_field[:3, 3]
+        return {"centre": centre, "target": self.values[flat], "half_extent": self.half_extent}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self.generator is None:
+            self.generator = torch.Generator().manual_seed(self.stream_seed())
+        while True:
+            yield self.sample(self.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The random stream's state, so a resumed run draws the batches it would have drawn."""
+        return {"generator": None if self.generator is None else self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        if state.get("generator") is not None:
+            self.generator = torch.Generator()
+            self.generator.set_state(state["generator"])
+
+
+class CubePrepareBatch(PrepareBatch):
+    """Turn a :class:`RandomCubeDataset` batch into ``(centres, targets, args, kwargs)`` for the trainer.
+
+    The engine then calls ``inferer(centres, network, half_extent=...)`` and ``loss(pred, targets)``.
+    """
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
+        centre = batchdata["centre"].to(device=device, non_blocking=non_blocking)
+        target = batchdata["target"].to(device=device, non_blocking=non_blocking)
+        half = batchdata["half_extent"].to(device=device, non_blocking=non_blocking)
+        return centre, target, (), {"half_extent": half}

@@ -1,0 +1,247 @@
+"""Where to evaluate the field: cube samples (Eq. 8), radius-PDF resampling (Eq. 12) and sphere directions (Eq. 15).
+
+All samples are produced in *cube-local* coordinates: the cube around a target is ``[-1, 1]^3`` whatever its size
+in voxels or mm; the inferer scales local offsets by the cube's half-extent and adds the target centre. The
+distance ``r`` of the isotropic renderer is measured in these units (the reference code's ``ρ = r / r̂`` up to
+a constant), so ``r ∈ [0, √3]`` for the ℓ2 norm and ``r ∈ [0, 1]`` for ℓ∞.
+
+Fixes of the reference code: samples are uniform in the cube (no corner bias), directions are uniform on the
+sphere (not in θ), the hierarchical bins are monotone edges between sorted radii, and the test-time pass is
+deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "uniform_cube_offsets",
+    "stratified_cube_offsets",
+    "grid_cube_offsets",
+    "qmc_cube_offsets",
+    "cube_offsets",
+    "distance",
+    "max_distance",
+    "uniform_sphere_directions",
+    "fibonacci_sphere_directions",
+    "directions",
+    "radius_bin_edges",
+    "sample_pdf",
+    "ray_offsets",
+]
+
+NORMS = ("l2", "linf")
+CUBE_MODES = ("uniform", "stratified", "qmc", "grid")
+
+
+def uniform_cube_offsets(
+    batch: int, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Independent uniform points in ``[-1, 1]^3``, shape ``(batch, n, 3)``."""
+    return torch.rand(batch, n, 3, generator=generator, device=device) * 2.0 - 1.0
+
+
+def stratified_cube_offsets(
+    batch: int, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Latin-hypercube jittered points in ``[-1, 1]^3``, shape ``(batch, n, 3)``.
+
+    Each axis is cut into ``n`` strata holding exactly one point each (strata shuffled independently per axis
+    and per target), so every point is still uniform in the cube while the set covers it more evenly.
+    """
+    jitter = torch.rand(batch, n, 3, generator=generator, device=device)
+    keys = torch.rand(batch, 3, n, generator=generator, device=device)
+    strata = keys.argsort(dim=-1).transpose(1, 2).to(jitter.dtype)  # (batch, n, 3) a permutation per axis
+    return (strata + jitter) / n * 2.0 - 1.0
+
+
+def grid_cube_offsets(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Deterministic evaluation samples: centres of a ``k×k×k`` sub-grid of the cube, ``k = round(n^(1/3))``.
+
+    Returns ``(k^3, 3)``; ``n`` must be a perfect cube (1, 8, 27, 64, …).
+    """
+    k = int(round(n ** (1.0 / 3.0)))
+    if k**3 != n:
+        raise ValueError(f"A deterministic cube grid needs a perfect cube number of points (1, 8, 27, 64 …), got {n}.")
+    ticks = (torch.arange(k, dtype=torch.float32, device=device) + 0.5) / k * 2.0 - 1.0
+    grid = torch.stack(torch.meshgrid(ticks, ticks, ticks, indexing="ij"), dim=-1)
+    return grid.reshape(-1, 3)
+
+
+def qmc_cube_offsets(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Deterministic low-discrepancy points in ``[-1, 1]^3`` for any ``n`` (Roberts' R3 sequence), ``(n, 3)``.
+
+    ``x_k = frac(0.5 + k·α)`` with ``α = (1/g, 1/g², 1/g³)`` and ``g`` the positive root of ``g⁴ = g + 1``.
+    Unlike a regular grid, the points have distinct distances
+    from the centre, so the isotropic renderer's ``δ`` are not all zero.
+    """
+    g = 1.2207440846057596
+    alpha = torch.tensor([1.0 / g, 1.0 / g**2, 1.0 / g**3], dtype=torch.float64)
+    k = torch.arange(1, n + 1, dtype=torch.float64).unsqueeze(-1)
+    pts = torch.frac(0.5 + k * alpha) * 2.0 - 1.0
+    return pts.to(dtype=torch.float32, device=device)
+
+
+def cube_offsets(
+    batch: int,
+    n: int,
+    mode: str = "stratified",
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Cube samples ``(batch, n, 3)`` by ``mode``: random ``"uniform"`` or ``"stratified"``, or the deterministic
+    ``"qmc"`` (any ``n``) or ``"grid"`` (``n`` a perfect cube)."""
+    if mode == "uniform":
+        return uniform_cube_offsets(batch, n, generator, device)
+    if mode == "stratified":
+        return stratified_cube_offsets(batch, n, generator, device)
+    if mode == "grid":
+        return grid_cube_offsets(n, device).unsqueeze(0).expand(batch, n, 3)
+    if mode == "qmc":
+        return qmc_cube_offsets(n, device).unsqueeze(0).expand(batch, n, 3)
+    raise ValueError(f"cube sampling mode must be one of {CUBE_MODES}, got {mode!r}.")
+
+
+def distance(offsets: torch.Tensor, norm: str = "l2") -> torch.Tensor:
+    """Distance of local offsets ``(..., 3)`` from the cube centre, ``(...)``: ℓ2 or ℓ∞ (Table 4)."""
+    if norm == "l2":
+        return offsets.norm(dim=-1)
+    if norm == "linf":
+        return offsets.abs().amax(dim=-1)
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
+
+
+def max_distance(norm: str = "l2") -> float:
+    """Largest distance a point of the cube ``[-1, 1]^3`` can have: ``√3`` (ℓ2) or ``1`` (ℓ∞)."""
+    if norm == "l2":
+        return math.sqrt(3.0)
+    if norm == "linf":
+        return 1.0
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
+
+
+def uniform_sphere_directions(
+    batch: int, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Unit vectors uniform on the sphere (Eq. 15 with ``cos φ`` uniform), shape ``(batch, n, 3)``.
+
+    ``φ = arccos(1 − 2u)`` and ``θ = 2πv`` with ``u, v ~ U(0, 1)``; sampling ``φ`` uniformly instead would
+    crowd the poles (a defect of the reference code).
+    """
+    u = torch.rand(batch, n, generator=generator, device=device)
+    v = torch.rand(batch, n, generator=generator, device=device)
+    cos_phi = 1.0 - 2.0 * u
+    sin_phi = (1.0 - cos_phi**2).clamp_min(0.0).sqrt()
+    theta = 2.0 * math.pi * v
+    return torch.stack([sin_phi * torch.cos(theta), sin_phi * torch.sin(theta), cos_phi], dim=-1)
+
+
+def fibonacci_sphere_directions(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Deterministic, nearly even unit vectors (Fibonacci lattice), shape ``(n, 3)``."""
+    i = torch.arange(n, dtype=torch.float32, device=device) + 0.5
+    cos_phi = 1.0 - 2.0 * i / n
+    sin_phi = (1.0 - cos_phi**2).clamp_min(0.0).sqrt()
+    theta = math.pi * (1.0 + math.sqrt(5.0)) * i
+    return torch.stack([sin_phi * torch.cos(theta), sin_phi * torch.sin(theta), cos_phi], dim=-1)
+
+
+def directions(
+    batch: int,
+    n: int,
+    norm: str = "l2",
+    deterministic: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Directions ``(batch, n, 3)`` of unit ``norm``: a point ``r · d`` then has distance exactly ``r``.
+
+    For ℓ2 the directions are uniform on the sphere; for ℓ∞ they are projected onto the cube's surface
+    (``d / ‖d‖_∞``). ``deterministic`` uses a Fibonacci lattice (the same for every target).
+    """
+    if deterministic:
+        d = fibonacci_sphere_directions(n, device).unsqueeze(0).expand(batch, n, 3)
+    else:
+        d = uniform_sphere_directions(batch, n, generator, device)
+    if norm == "linf":
+        d = d / d.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12)
+    elif norm != "l2":
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
+    return d
+
+
+def radius_bin_edges(radii: torch.Tensor, r_max: float) -> torch.Tensor:
+    """Monotone bin edges around sorted radii ``(B, N)`` → ``(B, N + 1)``.
+
+    Edges are ``0``, the midpoints between consecutive radii, and ``r_max``; bin ``i`` holds radius ``i``.
+    """
+    mids = 0.5 * (radii[..., 1:] + radii[..., :-1])
+    zeros = torch.zeros_like(radii[..., :1])
+    top = torch.full_like(radii[..., :1], float(r_max))
+    return torch.cat([zeros, mids, torch.maximum(top, radii[..., -1:])], dim=-1)
+
+
+def sample_pdf(
+    edges: torch.Tensor,
+    weights: torch.Tensor,
+    n: int,
+    deterministic: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Inverse-transform sampling of a piecewise-constant PDF (Eq. 12).
+
+    Args:
+        edges: bin edges ``(B, N + 1)``, non-decreasing.
+        weights: non-negative bin weights ``(B, N)`` (need not sum to 1; a small floor keeps empty PDFs valid).
+        n: samples per row.
+        deterministic: use the midpoints ``u = (k + 0.5) / n`` instead of uniform random ``u``.
+        generator: random stream.
+
+    Returns:
+        samples ``(B, n)`` in ``[edges[:, 0], edges[:, -1]]``, sorted ascending.
+    """
+    w = weights.detach() + 1e-5
+    pdf = w / w.sum(dim=-1, keepdim=True)
+    cdf = torch.cat([torch.zeros_like(pdf[..., :1]), pdf.cumsum(dim=-1)], dim=-1)
+    cdf[..., -1] = 1.0
+    batch = weights.shape[0]
+    if deterministic:
+        u = (torch.arange(n, dtype=pdf.dtype, device=pdf.device) + 0.5) / n
+        u = u.expand(batch, n).contiguous()
+    else:
+        u = torch.rand(batch, n, generator=generator, device=pdf.device, dtype=pdf.dtype).sort(dim=-1).values
+    idx = torch.searchsorted(cdf, u, right=True).clamp(1, cdf.shape[-1] - 1)
+    lo, hi = idx - 1, idx
+    cdf_lo, cdf_hi = cdf.gather(-1, lo), cdf.gather(-1, hi)
+    e_lo, e_hi = edges.gather(-1, lo), edges.gather(-1, hi)
+    denom = (cdf_hi - cdf_lo).clamp_min(1e-12)
+    t = ((u - cdf_lo) / denom).clamp(0.0, 1.0)
+    return e_lo + t * (e_hi - e_lo)
+
+
+def ray_offsets(
+    batch: int,
+    n: int,
+    deterministic: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Samples along a ray through the target for the NeRF-style baseline ("NeRF†" of Table 3).
+
+    The ray runs through the cube centre in a random direction (uniform on the sphere; the ``z`` axis when
+    deterministic), from ``t = -1`` to ``t = 1`` in cube-local units, with ``n`` stratified depths.
+
+    Returns:
+        ``(offsets (batch, n, 3), t (batch, n), direction (batch, 1, 3))`` with ``t`` ascending.
+    """
+    edges = torch.linspace(-1.0, 1.0, n + 1, device=device)
+    if deterministic:
+        t = (0.5 * (edges[1:] + edges[:-1])).expand(batch, n).contiguous()
+        d = torch.tensor([0.0, 0.0, 1.0], device=device).expand(batch, 1, 3)
+    else:
+        jitter = torch.rand(batch, n, generator=generator, device=device)
+        t = edges[:-1] + jitter * (edges[1:] - edges[:-1])
+        d = uniform_sphere_directions(batch, 1, generator, device)
+    d = d.expand(batch, 1, 3)
+    return t.unsqueeze(-1) * d, t, d
