@@ -10,12 +10,12 @@ import torch
 from monai.data import MetaTensor
 from monai.engines.utils import PrepareBatch
 from monai.utils import convert_to_tensor
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from .geometry import VolumeGeometry
 from .transforms.array import check_volume
 
-__all__ = ["RandomCubeDataset", "CubePrepareBatch", "geometry_of", "distributed_rank"]
+__all__ = ["RandomCubeDataset", "SlabDataset", "CubePrepareBatch", "geometry_of", "distributed_rank"]
 
 
 def distributed_rank() -> int:
@@ -105,6 +105,49 @@ class RandomCubeDataset(IterableDataset):
         if state.get("generator") is not None:
             self.generator = torch.Generator()
             self.generator.set_state(state["generator"])
+
+
+class SlabDataset(Dataset):
+    """Validation data: the central slab of an LR volume as one batch of targets (its own voxels).
+
+    The single item has the keys of :class:`RandomCubeDataset` (``"centre" (M, 3)``, ``"target" (M,)``,
+    ``"half_extent" (3,)``) with ``M = num_slices`` slices of voxels along ``axis``; rendering them and comparing
+    with ``"target"`` measures how well the field reproduces its input.
+
+    Args:
+        image: channel-first normalised LR volume ``(1, X, Y, Z)``.
+        num_slices: slab thickness in slices.
+        axis: slab axis (0, 1, 2; default the last, axial for RAS volumes).
+        padding: field padding ``P`` in LR voxels.
+    """
+
+    def __init__(
+        self, image: torch.Tensor, num_slices: int = 1, axis: int = 2, padding: float | Sequence[float] = 1.0
+    ) -> None:
+        check_volume(image, "validation image")
+        geometry = geometry_of(image, padding)
+        if axis not in (0, 1, 2):
+            raise ValueError(f"axis must be 0, 1 or 2, got {axis}.")
+        n = geometry.shape[axis]
+        num_slices = max(1, min(int(num_slices), n))
+        start = (n - num_slices) // 2
+        index = torch.as_tensor(geometry.voxel_field_grid(), dtype=torch.float32)
+        values = convert_to_tensor(image, track_meta=False, dtype=torch.float32)[0]
+        sl = [slice(None)] * 3
+        sl[axis] = slice(start, start + num_slices)
+        self.item = {
+            "centre": index[tuple(sl)].reshape(-1, 3).contiguous(),
+            "target": values[tuple(sl)].reshape(-1).contiguous(),
+            "half_extent": torch.as_tensor(geometry.field_per_voxel / 2.0, dtype=torch.float32),
+        }
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if index != 0:
+            raise IndexError(index)
+        return self.item
 
 
 class CubePrepareBatch(PrepareBatch):

@@ -84,8 +84,8 @@ class VolumeGeometry:
         if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
             raise ValueError("The affine is singular (a voxel axis has zero length or two axes coincide).")
         padding = _as3(self.padding, "padding")
-        if np.any(padding < 0):
-            raise ValueError(f"padding must be non-negative, got {list(padding)}.")
+        if not np.all(np.isfinite(padding)) or np.any(padding < 0):
+            raise ValueError(f"padding must be finite and non-negative (LR voxels), got {list(padding)}.")
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "affine", affine)
         object.__setattr__(self, "padding", tuple(float(p) for p in padding))
@@ -302,6 +302,8 @@ def oblique_plane(
     """
     if not np.isfinite(zoom) or zoom <= 0:
         raise ValueError(f"zoom must be positive, got {zoom}.")
+    if not np.isfinite(angle) or not np.isfinite(position):
+        raise ValueError(f"angle and position must be finite numbers, got {angle}, {position}.")
     axes_of = {"axial": (0, 1, 2), "coronal": (0, 2, 1), "sagittal": (1, 2, 0)}
     if plane not in axes_of:
         raise ValueError(f"plane must be one of {sorted(axes_of)}, got {plane!r}.")
@@ -313,7 +315,7 @@ def oblique_plane(
     extent = np.asarray(geometry.shape, dtype=np.float64) * spacing
     pixel = float(spacing.min()) / float(zoom)
     if size is None:
-        size = (int(np.ceil(extent[a_u] / spacing.min())), int(np.ceil(extent[a_v] / spacing.min())))
+        size = tuple(int(np.ceil(extent[a] / spacing.min() - 1e-6)) for a in (a_u, a_v))
     h, w = (int(v) for v in size)
     if h < 1 or w < 1:
         raise ValueError(f"plane size must be positive, got {size}.")

@@ -155,7 +155,11 @@ class CuNeRFInferer(Inferer):
         generator: torch.Generator | None = None,
         **kwargs: Any,
     ) -> dict[str, torch.Tensor]:
-        """Training forward pass: render target cubes with the training sample counts.
+        """Render a batch of target cubes.
+
+        In training mode (``network.training``) this is the training forward pass: random samples with the
+        training counts, gradients kept. In eval mode (as inside a MONAI ``SupervisedEvaluator``) it renders
+        deterministically with the test-time counts, in chunks, without gradients.
 
         Args:
             inputs: target centres in field coordinates ``(B, 3)``.
@@ -165,13 +169,19 @@ class CuNeRFInferer(Inferer):
             generator: random stream for the samples (default: torch's global one).
 
         Returns:
-            ``{"coarse": (B,), "fine": (B,)}`` (no ``"fine"`` when ``num_fine == 0``).
+            ``{"coarse": (B,), "fine": (B,), "value": (B,)}``: ``"value"`` is the final render (the fine one,
+            or the coarse one when there is no fine pass); eval mode returns ``{"value": (B,)}``.
         """
         if half_extent is None:
             raise ValueError("CuNeRFInferer needs the cube half-extent (half_extent=...) of the targets.")
-        return self.render_targets(
+        if not network.training:
+            value = self.render_points(network, inputs, inputs.shape[0], half_extent, "validating")
+            return {"value": value.to(inputs.device)}
+        out = self.render_targets(
             inputs, network, half_extent, self.num_coarse, self.num_fine, deterministic=False, generator=generator
         )
+        out["value"] = out.get("fine", out["coarse"])
+        return out
 
     def _draw_coarse(
         self, batch: int, n: int, deterministic: bool, generator: torch.Generator | None, device: torch.device
@@ -269,7 +279,7 @@ class CuNeRFInferer(Inferer):
             centres: field coordinates ``(M, 3)``, or a function ``(start, stop) → (stop - start, 3)`` that
                 makes them chunk by chunk (so a large grid never exists as one float tensor of points).
             num_targets: ``M``.
-            half_extent: cube half-size in field units ``(3,)``.
+            half_extent: cube half-size in field units, ``(3,)`` for all targets or ``(M, 3)`` per target.
             description: progress-bar label.
 
         Returns:
@@ -282,7 +292,8 @@ class CuNeRFInferer(Inferer):
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc=description, unit="chunk", leave=False)
-        half = torch.as_tensor(half_extent, dtype=torch.float32, device=device)
+        half_all = torch.as_tensor(half_extent, dtype=torch.float32, device=device)
+        per_target = half_all.ndim == 2 and half_all.shape[0] == num_targets and num_targets > 1
         was_training = network.training
         network.eval()
         try:
@@ -290,6 +301,7 @@ class CuNeRFInferer(Inferer):
                 stop = min(start + self.chunk_size, num_targets)
                 chunk = centres(start, stop) if callable(centres) else centres[start:stop]
                 chunk = chunk.to(device=device, dtype=torch.float32)
+                half = half_all[start:stop] if per_target else half_all.reshape(-1, 3)[0]
                 res = self.render_targets(
                     chunk, network, half, self.num_coarse_eval, self.num_fine_eval, deterministic=True
                 )

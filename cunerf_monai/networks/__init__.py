@@ -2,6 +2,14 @@
 
 from .cunerf import CuNeRFModel
 from .encodings import PositionalEncoding
+from .hashgrid import HashGridEncoding, HashGridField, hashgrid_level_resolutions
 from .mlp import PositionalMLPField
 
-__all__ = ["CuNeRFModel", "PositionalEncoding", "PositionalMLPField"]
+__all__ = [
+    "CuNeRFModel",
+    "HashGridEncoding",
+    "HashGridField",
+    "PositionalEncoding",
+    "PositionalMLPField",
+    "hashgrid_level_resolutions",
+]

@@ -11,34 +11,46 @@ __all__ = ["CuNeRFModel"]
 class CuNeRFModel(nn.Module):
     """Separate coarse and fine fields (paper: two networks of the same kind).
 
-    Both fields map points ``(..., 3)`` (or channel-first grids) to raw ``(intensity, density)``. Calling the
-    model evaluates the fine field (the coarse one when there is no fine field), so the pair can stand
-    wherever MONAI expects one network (checkpoints, TorchScript export, bundle checks).
+    Both fields map points ``(..., 3)`` to raw ``(intensity, density)`` ``(..., 2)``; the inferer calls them
+    directly (``.coarse`` and ``.fine_field``). Calling the model itself evaluates the fine field (the coarse one
+    when there is no fine field) on coordinates laid out with channels at ``channel_dim`` — by default MONAI's
+    channel-first ``(B, 3, *S) → (B, 2, *S)`` — so the pair stands wherever MONAI expects one network
+    (checkpoints, TorchScript export, the bundle's ``verify_net_in_out``).
 
     Args:
         coarse: the coarse field.
         fine: the fine field, or ``None`` to render the hierarchical pass with the coarse field.
+        channel_dim: ``1`` (channel-first grids) or ``-1`` (points ``(..., 3)``) for :meth:`forward`.
 
     Examples::
 
         >>> from cunerf_monai.networks import PositionalMLPField
         >>> model = CuNeRFModel(PositionalMLPField(num_layers=2, skips=()), PositionalMLPField(num_layers=2, skips=()))
-        >>> model(torch.zeros(7, 3)).shape
-        torch.Size([7, 2])
+        >>> model(torch.zeros(1, 3, 4, 5, 6)).shape
+        torch.Size([1, 2, 4, 5, 6])
     """
 
-    def __init__(self, coarse: nn.Module, fine: nn.Module | None = None) -> None:
+    def __init__(self, coarse: nn.Module, fine: nn.Module | None = None, channel_dim: int = 1) -> None:
         super().__init__()
         if not isinstance(coarse, nn.Module) or (fine is not None and not isinstance(fine, nn.Module)):
             raise TypeError("coarse and fine must be torch.nn.Module fields (fine may be None).")
+        if channel_dim not in (-1, 1):
+            raise ValueError(f"channel_dim must be 1 (channel-first) or -1 (points), got {channel_dim}.")
         self.coarse = coarse
-        self.fine = fine
+        self.has_fine = fine is not None
+        self.fine = fine if fine is not None else nn.Identity()
+        self.channel_dim = channel_dim
 
     @property
     def fine_field(self) -> nn.Module:
         """The field used for the hierarchical (fine) pass."""
-        return self.fine if self.fine is not None else self.coarse
+        return self.fine if self.has_fine else self.coarse
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw outputs of the fine field for coordinates ``x``."""
-        return self.fine_field(x)
+        """Raw outputs of the fine field for coordinates ``x`` (layout set by ``channel_dim``)."""
+        if self.channel_dim == 1:
+            x = torch.movedim(x, 1, -1)
+        y = self.fine(x) if self.has_fine else self.coarse(x)
+        if self.channel_dim == 1:
+            y = torch.movedim(y, -1, 1)
+        return y

@@ -96,6 +96,7 @@ class NormalizeToUnitRange(Transform):
             raise ValueError(f"The intensity range between the {self.lower} and {self.upper} percentiles is empty.")
         out = ((t - lo) / (hi - lo)).clamp(0.0, 1.0)
         meta = dict(img.meta) if isinstance(img, MetaTensor) else {}
+        meta.pop("affine", None)
         meta[INTENSITY_RANGE_KEY] = [lo, hi]
         return MetaTensor(out, affine=torch.as_tensor(_affine_of(img)), meta=meta)
 

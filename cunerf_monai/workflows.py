@@ -1,0 +1,245 @@
+"""Rendering workflows shared by the bundle's inference config and the CLI: load a fitted checkpoint, render the
+volume on a target grid (scale, spacing or a reference image) to NIfTI, render oblique slices to PNG and GIF."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import geometry_of
+from .geometry import TargetGrid, grid_for_scale, grid_for_spacing, oblique_plane
+from .inferers import CuNeRFInferer, field_device
+from .io import load_volume, save_gif, save_nifti, save_png
+from .records import VolumeRecord
+from .transforms.array import denormalize_intensity
+
+__all__ = ["fitted_shape", "load_checkpoint", "target_grid", "render_volume", "render_slices", "VolumeRenderer", "sweep_angles"]
+
+logger = logging.getLogger(__name__)
+
+
+def _read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Read a project checkpoint, with clear errors for a missing or foreign file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {p}. Fit a model first (bundle 'training' or 'cunerf fit').")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"{p} is not a readable PyTorch checkpoint: {exc}") from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "volume" not in ckpt:
+        keys = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{p} is not a cunerf-monai checkpoint (needs 'model' and 'volume' entries, found {keys}).")
+    return ckpt
+
+
+def fitted_shape(path: str | os.PathLike) -> list[int]:
+    """Voxel shape ``[X, Y, Z]`` of the volume a checkpoint was fitted to (fields tie their grids to it)."""
+    return [int(v) for v in _read_checkpoint(path)["volume"]["geometry"]["shape"]]
+
+
+def load_checkpoint(path: str | os.PathLike, network: nn.Module) -> VolumeRecord:
+    """Load a fitted model's weights into ``network`` and return the fitted volume's :class:`VolumeRecord`.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path`` (never silently renders untrained weights).
+        ValueError: the file is not a checkpoint of this project, or was saved from another network/config.
+    """
+    p = Path(path)
+    ckpt = _read_checkpoint(p, field_device(network))
+    own = network.state_dict()
+    theirs = ckpt["model"]
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    wrong = sorted(k for k in set(own) & set(theirs) if tuple(own[k].shape) != tuple(theirs[k].shape))
+    if missing or unexpected or wrong:
+        detail = []
+        if missing:
+            detail.append(f"missing {missing[:4]}{' …' if len(missing) > 4 else ''}")
+        if unexpected:
+            detail.append(f"unexpected {unexpected[:4]}{' …' if len(unexpected) > 4 else ''}")
+        if wrong:
+            detail.append(
+                "shape mismatch " + ", ".join(f"{k}: {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
+            )
+        field = ckpt["volume"].get("field", "?") if isinstance(ckpt["volume"], dict) else "?"
+        raise ValueError(
+            f"{p} was saved from another network or configuration (field {field!r}): {'; '.join(detail)}. "
+            "Use the config the model was fitted with."
+        )
+    network.load_state_dict(theirs)
+    record = VolumeRecord()
+    record.load_state_dict(ckpt["volume"])
+    return record
+
+
+def target_grid(
+    record: VolumeRecord,
+    scale: float | Sequence[float] | None = None,
+    spacing: float | Sequence[float] | None = None,
+    reference: str | os.PathLike | None = None,
+) -> TargetGrid:
+    """The output grid: exactly one of ``scale`` (per axis allowed), ``spacing`` (mm) or ``reference`` (an image
+    whose grid — shape and affine — is reproduced)."""
+    given = [v is not None for v in (scale, spacing, reference)]
+    if sum(given) != 1:
+        raise ValueError("Give exactly one of scale, spacing (mm) or reference (an image) for the output grid.")
+    if record.geometry is None:
+        raise ValueError("The checkpoint has no volume geometry.")
+    if scale is not None:
+        return grid_for_scale(record.geometry, scale)
+    if spacing is not None:
+        return grid_for_spacing(record.geometry, spacing)
+    ref = load_volume(reference) if reference is not None else None
+    geo = geometry_of(ref)
+    return TargetGrid(geo.shape, geo.affine)
+
+
+def render_volume(
+    network: nn.Module,
+    inferer: CuNeRFInferer,
+    record: VolumeRecord,
+    output: str | os.PathLike,
+    grid: TargetGrid,
+    original_range: bool = True,
+    max_voxels: int = 2**31,
+) -> str:
+    """Render ``grid`` and write it as NIfTI (atomically) with the grid's affine.
+
+    Args:
+        network: the fitted model.
+        inferer: the renderer (test-time sample counts, chunk size).
+        record: the fitted volume's record (geometry, intensity range).
+        output: output path (``.nii`` or ``.nii.gz``).
+        grid: output grid, e.g. from :func:`target_grid`.
+        original_range: map intensities back to the input's range (else keep ``[0, 1]``).
+        max_voxels: refuse larger outputs before allocating anything.
+    """
+    if grid.num_voxels > max_voxels:
+        raise ValueError(
+            f"The output grid {grid.shape} has {grid.num_voxels:,} voxels (> {max_voxels:,}); "
+            "use a smaller scale or a coarser spacing."
+        )
+    if not str(output).endswith((".nii", ".nii.gz")):
+        raise ValueError(f"The output must be a NIfTI file name (.nii or .nii.gz), got {output}.")
+    values = inferer.render_grid(network, record.geometry, grid)
+    if original_range:
+        values = denormalize_intensity(values, record.intensity_range)
+    return save_nifti(output, values, grid.affine)
+
+
+def sweep_angles(angles: Sequence[float] = (0.0, 360.0), asteps: float = 45.0) -> list[float]:
+    """Angles of a sweep ``start, start + asteps, …`` below ``stop`` (the paper's ``--angles 0 360 --asteps 45``);
+    one angle when ``angles`` has one value."""
+    a = [float(v) for v in np.atleast_1d(angles)]
+    if len(a) == 1:
+        return a
+    if len(a) != 2 or asteps <= 0:
+        raise ValueError("angles must be one angle or (start, stop), and asteps positive (degrees).")
+    return [float(v) for v in np.arange(a[0], a[1], asteps)]
+
+
+def render_slices(
+    network: nn.Module,
+    inferer: CuNeRFInferer,
+    record: VolumeRecord,
+    output_dir: str | os.PathLike,
+    axis: Sequence[float] = (1.0, 1.0, 0.0),
+    angles: Sequence[float] = (0.0, 360.0),
+    asteps: float = 45.0,
+    zpos: float = 0.0,
+    zoom: float = 1.0,
+    plane: str = "axial",
+    size: Sequence[int] | None = None,
+    gif_duration_ms: int = 200,
+) -> list[str]:
+    """Render oblique slices over an angle sweep: one PNG per angle plus ``sweep.gif``.
+
+    Args:
+        axis: rotation axis in the volume's voxel-axis frame.
+        angles: one angle or ``(start, stop)`` in degrees.
+        asteps: angle step in degrees.
+        zpos: offset along the plane normal in mm from the volume centre.
+        zoom: magnification (> 1 zooms in).
+        plane: base plane (``axial``, ``coronal``, ``sagittal``).
+        size: pixels ``(H, W)`` (default: the volume's extent at its finest spacing).
+
+    Returns:
+        the written file paths (PNGs then the GIF).
+    """
+    out = Path(output_dir)
+    frames, paths = [], []
+    for angle in sweep_angles(angles, asteps):
+        pl = oblique_plane(record.geometry, axis, angle, zpos, zoom, size, plane)
+        img = inferer.render_plane(network, record.geometry, pl)
+        frames.append(img)
+        paths.append(save_png(out / f"slice_{plane}_angle{angle:06.1f}.png", img))
+    paths.append(save_gif(out / "sweep.gif", frames, gif_duration_ms))
+    return paths
+
+
+class VolumeRenderer:
+    """The bundle's inference step: checkpoint → NIfTI at a scale/spacing/reference grid (+ optional slices).
+
+    Args:
+        network: the model (architecture must match the checkpoint).
+        inferer: the renderer.
+        checkpoint: path of the fitted checkpoint.
+        output_dir: folder for the outputs.
+        scale: output scale (one float or per axis); ignored when ``spacing`` or ``reference`` is given.
+        spacing: output voxel size in mm.
+        reference: render onto this image's grid.
+        output_name: NIfTI file name inside ``output_dir``.
+        slices: keyword arguments of :func:`render_slices`, or ``None`` to skip the slices.
+        original_range: write intensities in the input's range.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        inferer: CuNeRFInferer,
+        checkpoint: str,
+        output_dir: str,
+        scale: float | Sequence[float] | None = 2.0,
+        spacing: float | Sequence[float] | None = None,
+        reference: str | None = None,
+        output_name: str = "sr.nii.gz",
+        slices: dict[str, Any] | None = None,
+        original_range: bool = True,
+    ) -> None:
+        self.network, self.inferer = network, inferer
+        self.checkpoint, self.output_dir = checkpoint, output_dir
+        self.scale = None if (spacing is not None or reference is not None) else scale
+        self.spacing, self.reference = spacing, reference
+        self.output_name, self.slices, self.original_range = output_name, slices, original_range
+
+    def run(self) -> dict[str, Any]:
+        """Render and write everything; returns a summary (also written as ``render.json``)."""
+        record = load_checkpoint(self.checkpoint, self.network)
+        grid = target_grid(record, self.scale, self.spacing, self.reference)
+        out = Path(self.output_dir)
+        logger.info(f"rendering {grid.shape} voxels at spacing {np.round(grid.spacing, 4).tolist()} mm")
+        volume = render_volume(
+            self.network, self.inferer, record, out / self.output_name, grid, self.original_range
+        )
+        summary: dict[str, Any] = {
+            "volume": volume,
+            "shape": list(grid.shape),
+            "spacing_mm": grid.spacing.tolist(),
+            "affine": grid.affine.tolist(),
+        }
+        if self.slices is not None:
+            summary["slices"] = render_slices(self.network, self.inferer, record, out / "slices", **self.slices)
+        from .utils import atomic_path
+
+        with atomic_path(out / "render.json") as tmp:
+            Path(tmp).write_text(json.dumps(summary, indent=2))
+        logger.info(f"wrote {volume}")
+        return summary

@@ -1,0 +1,262 @@
+"""Numbers of :mod:`cunerf_monai.sampling`: cube samples are uniform (no corner bias), stratified samples fill
+their strata, sphere directions are uniform on the sphere, PDF resampling concentrates where the weights are,
+and ray samples lie on one line through the centre."""
+
+from __future__ import annotations
+
+import math
+import unittest
+
+import torch
+from parameterized import parameterized
+
+from cunerf_monai import sampling
+
+# A uniform coordinate on [-1, 1]: mean 0 (var 1/3), E[x²] = 1/3 (var E[x⁴] − 1/9 = 1/5 − 1/9 = 4/45).
+VAR_X = 1.0 / 3.0
+VAR_X2 = 4.0 / 45.0
+SIGMAS = 5.0  # tolerance in standard errors
+
+RANDOM_CUBE_CASES = [
+    ("uniform", sampling.uniform_cube_offsets, 64, 512),
+    ("stratified", sampling.stratified_cube_offsets, 64, 512),
+    ("stratified_small_n", sampling.stratified_cube_offsets, 4096, 8),
+    ("cube_offsets_uniform", lambda b, n, g: sampling.cube_offsets(b, n, "uniform", g), 64, 512),
+    ("cube_offsets_stratified", lambda b, n, g: sampling.cube_offsets(b, n, "stratified", g), 64, 512),
+]
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class TestCubeSamples(unittest.TestCase):
+    @parameterized.expand(RANDOM_CUBE_CASES)
+    def test_uniform_moments(self, _, fn, batch, n):
+        pts = fn(batch, n, gen(1)).double()
+        self.assertEqual(tuple(pts.shape), (batch, n, 3))
+        self.assertTrue(bool((pts >= -1).all() and (pts <= 1).all()))
+        count = batch * n
+        flat = pts.reshape(-1, 3)
+        # no corner bias: the mean offset is 0 (the reference code's was −0.375 of the half edge)
+        se_mean = math.sqrt(VAR_X / count)
+        self.assertLess(float(flat.mean(0).abs().max()), SIGMAS * se_mean)
+        se_sq = math.sqrt(VAR_X2 / count)
+        self.assertLess(float((flat.pow(2).mean(0) - 1.0 / 3.0).abs().max()), SIGMAS * se_sq)
+        # every octant equally likely
+        octant = ((flat > 0).long() * torch.tensor([1, 2, 4])).sum(-1)
+        freq = torch.bincount(octant, minlength=8).double() / count
+        self.assertLess(float((freq - 0.125).abs().max()), SIGMAS * math.sqrt(0.125 * 0.875 / count))
+        # no cross-axis correlation
+        cov = (flat[:, 0] * flat[:, 1]).mean()
+        self.assertLess(abs(float(cov)), SIGMAS * VAR_X / math.sqrt(count))
+
+    @parameterized.expand([("n8", 8), ("n5", 5), ("n64", 64)])
+    def test_stratified_one_point_per_stratum(self, _, n):
+        pts = sampling.stratified_cube_offsets(32, n, gen(2)).double()
+        values = pts.transpose(1, 2).sort(dim=-1).values  # (B, 3, n), each axis sorted
+        lower = torch.arange(n, dtype=torch.float64) / n * 2.0 - 1.0
+        upper = lower + 2.0 / n
+        # the k-th smallest coordinate of each axis lies in stratum k: exactly one point per stratum
+        self.assertTrue(bool((values >= lower - 1e-6).all()))
+        self.assertTrue(bool((values <= upper + 1e-6).all()))
+        # and the strata are shuffled independently per axis (not all points on the diagonal)
+        strata = ((pts + 1.0) / 2.0 * n).floor().clamp(0, n - 1)
+        self.assertFalse(bool((strata[..., 0] == strata[..., 1]).all()))
+
+    def test_seeded_reproducible(self):
+        for fn in (sampling.uniform_cube_offsets, sampling.stratified_cube_offsets):
+            torch.testing.assert_close(fn(4, 16, gen(5)), fn(4, 16, gen(5)), rtol=0, atol=0)
+            self.assertFalse(torch.equal(fn(4, 16, gen(5)), fn(4, 16, gen(6))))
+
+    def test_grid_offsets(self):
+        grid = sampling.grid_cube_offsets(27)
+        self.assertEqual(tuple(grid.shape), (27, 3))
+        ticks = torch.tensor([-2.0 / 3.0, 0.0, 2.0 / 3.0])
+        for axis in range(3):
+            torch.testing.assert_close(grid[:, axis].unique(), ticks)
+        torch.testing.assert_close(grid.mean(0), torch.zeros(3), atol=1e-7, rtol=0)
+        torch.testing.assert_close(grid[0], torch.tensor([-2 / 3, -2 / 3, -2 / 3]))
+        torch.testing.assert_close(grid, sampling.grid_cube_offsets(27), rtol=0, atol=0)
+        torch.testing.assert_close(sampling.grid_cube_offsets(1), torch.zeros(1, 3))
+        torch.testing.assert_close(sampling.grid_cube_offsets(8).abs(), torch.full((8, 3), 0.5))
+        self.assertEqual(len({tuple(p) for p in sampling.grid_cube_offsets(64).tolist()}), 64)
+        with self.assertRaises(ValueError):
+            sampling.grid_cube_offsets(10)
+
+    @parameterized.expand([("n8", 8), ("n100", 100), ("n4096", 4096)])
+    def test_qmc_offsets(self, _, n):
+        pts = sampling.qmc_cube_offsets(n)
+        self.assertEqual(tuple(pts.shape), (n, 3))
+        torch.testing.assert_close(pts, sampling.qmc_cube_offsets(n), rtol=0, atol=0)
+        self.assertTrue(bool((pts >= -1).all() and (pts < 1).all()))
+        # first point: frac(0.5 + α) · 2 − 1 with α = (1/g, 1/g², 1/g³)
+        g = 1.2207440846057596
+        first = [((0.5 + g**-p) % 1.0) * 2.0 - 1.0 for p in (1, 2, 3)]
+        torch.testing.assert_close(pts[0].double(), torch.tensor(first, dtype=torch.float64), atol=1e-6, rtol=0)
+        # distinct distances from the centre (so the isotropic δ are not zero)
+        r = pts.double().norm(dim=-1)
+        if n <= 256:  # (at render-time sizes; with thousands of float32 points two norms can coincide)
+            self.assertEqual(r.unique().numel(), n)
+        if n >= 100:
+            # low discrepancy: the mean is much closer to 0 than random points' (≈ 0.58/√n)
+            self.assertLess(float(pts.mean(0).abs().max()), 5.0 / n)
+            self.assertLess(float((pts.pow(2).mean(0) - 1 / 3).abs().max()), 8.0 / n)
+        expanded = sampling.cube_offsets(3, n, "qmc")
+        torch.testing.assert_close(expanded, pts.expand(3, n, 3))
+
+    def test_cube_offsets_bad_mode(self):
+        with self.assertRaises(ValueError):
+            sampling.cube_offsets(2, 8, "sobol")
+
+
+class TestDistances(unittest.TestCase):
+    def test_distance_values(self):
+        off = torch.tensor([[0.6, -0.8, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, -0.25]])
+        torch.testing.assert_close(sampling.distance(off, "l2"), torch.tensor([1.0, math.sqrt(3.0), 0.25]))
+        torch.testing.assert_close(sampling.distance(off, "linf"), torch.tensor([0.8, 1.0, 0.25]))
+        self.assertAlmostEqual(sampling.max_distance("l2"), math.sqrt(3.0))
+        self.assertEqual(sampling.max_distance("linf"), 1.0)
+        with self.assertRaises(ValueError):
+            sampling.distance(off, "l1")
+        with self.assertRaises(ValueError):
+            sampling.max_distance("l1")
+
+
+class TestDirections(unittest.TestCase):
+    def test_uniform_on_sphere(self):
+        n = 200_000
+        d = sampling.uniform_sphere_directions(1, n, gen(3)).double().reshape(-1, 3)
+        torch.testing.assert_close(d.norm(dim=-1), torch.ones(n, dtype=torch.float64), atol=1e-6, rtol=0)
+        # E[d] = 0 (var 1/3 per component), E[d_k²] = 1/3 (var E[z⁴] − 1/9 = 4/45 for z uniform on [−1, 1])
+        self.assertLess(float(d.mean(0).abs().max()), SIGMAS * math.sqrt(VAR_X / n))
+        self.assertLess(float((d.pow(2).mean(0) - 1 / 3).abs().max()), SIGMAS * math.sqrt(VAR_X2 / n))
+        # Archimedes: z is uniform on [−1, 1], so a polar cap |z| > 0.9 holds 10 % of the directions
+        # (uniform θ ∈ [0, π] would put arccos(0.9)·2/π ≈ 28.7 % there and give E[z²] = 1/2)
+        cap = float((d[:, 2].abs() > 0.9).double().mean())
+        self.assertLess(abs(cap - 0.1), SIGMAS * math.sqrt(0.1 * 0.9 / n))
+        hist = torch.histc(d[:, 2], bins=10, min=-1, max=1) / n
+        self.assertLess(float((hist - 0.1).abs().max()), SIGMAS * math.sqrt(0.1 * 0.9 / n))
+
+    @parameterized.expand([("random", False), ("fibonacci", True)])
+    def test_linf_directions(self, _, deterministic):
+        d = sampling.directions(8, 50, norm="linf", deterministic=deterministic, generator=gen(4))
+        torch.testing.assert_close(d.abs().amax(-1), torch.ones(8, 50))
+        # same direction as the unit-ℓ2 one
+        d2 = sampling.directions(8, 50, norm="l2", deterministic=deterministic, generator=gen(4))
+        torch.testing.assert_close(d / d.norm(dim=-1, keepdim=True), d2, atol=1e-6, rtol=0)
+
+    def test_l2_directions(self):
+        d = sampling.directions(4, 30, norm="l2", generator=gen(5))
+        torch.testing.assert_close(d.norm(dim=-1), torch.ones(4, 30))
+        with self.assertRaises(ValueError):
+            sampling.directions(2, 3, norm="l1")
+
+    def test_fibonacci_deterministic(self):
+        n = 2000
+        d = sampling.directions(3, n, deterministic=True)
+        torch.testing.assert_close(d[0], d[1], rtol=0, atol=0)
+        torch.testing.assert_close(d, sampling.directions(3, n, deterministic=True), rtol=0, atol=0)
+        torch.testing.assert_close(d.norm(dim=-1), torch.ones(3, n))
+        # nearly even: the lattice's mean and second moments are those of the uniform sphere
+        torch.testing.assert_close(d[0].mean(0), torch.zeros(3), atol=5e-3, rtol=0)
+        torch.testing.assert_close(d[0].pow(2).mean(0), torch.full((3,), 1 / 3), atol=5e-3, rtol=0)
+
+
+class TestSamplePdf(unittest.TestCase):
+    def test_radius_bin_edges(self):
+        r = torch.tensor([[0.1, 0.3, 0.4, 1.2], [0.0, 0.0, 0.5, 2.0]])
+        edges = sampling.radius_bin_edges(r, math.sqrt(3.0))
+        expected = torch.tensor([[0.0, 0.2, 0.35, 0.8, math.sqrt(3.0)], [0.0, 0.0, 0.25, 1.25, 2.0]])
+        torch.testing.assert_close(edges, expected)
+
+    def test_radius_bin_edges_monotone(self):
+        r = sampling.stratified_cube_offsets(64, 32, gen(6)).norm(dim=-1).sort(-1).values
+        edges = sampling.radius_bin_edges(r, math.sqrt(3.0))
+        self.assertEqual(tuple(edges.shape), (64, 33))
+        self.assertTrue(bool((edges[:, 1:] >= edges[:, :-1]).all()))
+        # radius i lies in bin i
+        self.assertTrue(bool((edges[:, :-1] <= r).all() and (r <= edges[:, 1:]).all()))
+        self.assertTrue(bool((edges[:, 0] == 0).all()))
+        torch.testing.assert_close(edges[:, -1], torch.full((64,), math.sqrt(3.0)))
+
+    @parameterized.expand([("random", False), ("deterministic", True)])
+    def test_all_weight_in_one_bin(self, _, deterministic):
+        edges = torch.linspace(0.0, 1.6, 9).expand(16, 9).contiguous()  # 8 bins of 0.2
+        weights = torch.zeros(16, 8)
+        weights[:, 5] = 100.0
+        s = sampling.sample_pdf(edges, weights, 256, deterministic, gen(7))
+        self.assertTrue(bool((s >= 1.0).all() and (s <= 1.2).all()), (s.min(), s.max()))
+        # spread evenly over the bin (inverse CDF is linear inside it)
+        self.assertLess(abs(float(s.mean()) - 1.1), 0.01)
+
+    def test_weights_three_to_one(self):
+        n, b = 4000, 8
+        edges = torch.tensor([0.0, 1.0, 2.0]).expand(b, 3).contiguous()
+        weights = torch.tensor([3.0, 1.0]).expand(b, 2).contiguous()
+        s = sampling.sample_pdf(edges, weights, n, False, gen(8))
+        frac = float((s < 1.0).double().mean())
+        self.assertLess(abs(frac - 0.75), SIGMAS * math.sqrt(0.75 * 0.25 / (n * b)))
+        det = sampling.sample_pdf(edges, weights, 100, True)
+        self.assertEqual(int((det < 1.0).sum(-1)[0]), 75)
+        # deterministic quantiles: u = (k + 0.5)/100 → r = u / 0.75 below 0.75, 1 + (u − 0.75)/0.25 above
+        u = (torch.arange(100, dtype=torch.float32) + 0.5) / 100
+        expected = torch.where(u < 0.75, u / 0.75, 1.0 + (u - 0.75) / 0.25)
+        torch.testing.assert_close(det[0], expected, atol=1e-4, rtol=0)
+
+    def test_uneven_edges(self):
+        # equal weights on unequal bins: probability per bin is its weight, not its width
+        edges = torch.tensor([[0.0, 0.1, 1.0]])
+        s = sampling.sample_pdf(edges, torch.tensor([[1.0, 1.0]]), 1000, True)
+        self.assertEqual(int((s < 0.1).sum()), 500)
+
+    def test_zero_weights_give_uniform(self):
+        edges = torch.linspace(0.0, 1.0, 5).unsqueeze(0)
+        s = sampling.sample_pdf(edges, torch.zeros(1, 4), 8, True)
+        torch.testing.assert_close(s, (torch.arange(8.0) + 0.5).unsqueeze(0) / 8, atol=1e-6, rtol=0)
+
+    def test_deterministic_reproducible_and_sorted(self):
+        r = sampling.stratified_cube_offsets(8, 16, gen(9)).norm(dim=-1).sort(-1).values
+        edges = sampling.radius_bin_edges(r, math.sqrt(3.0))
+        weights = torch.rand(8, 16, generator=gen(10))
+        a = sampling.sample_pdf(edges, weights, 32, deterministic=True)
+        b = sampling.sample_pdf(edges, weights, 32, deterministic=True)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        self.assertTrue(bool((a[:, 1:] >= a[:, :-1]).all()))
+        self.assertTrue(bool((a >= 0).all() and (a <= math.sqrt(3.0)).all()))
+        c = sampling.sample_pdf(edges, weights, 32, generator=gen(11))
+        self.assertTrue(bool((c[:, 1:] >= c[:, :-1]).all()))
+        torch.testing.assert_close(c, sampling.sample_pdf(edges, weights, 32, generator=gen(11)), rtol=0, atol=0)
+
+    def test_weights_not_differentiated(self):
+        edges = torch.linspace(0.0, 1.0, 5).unsqueeze(0)
+        w = torch.rand(1, 4, requires_grad=True)
+        s = sampling.sample_pdf(edges, w, 8, True)
+        self.assertFalse(s.requires_grad)
+
+
+class TestRayOffsets(unittest.TestCase):
+    @parameterized.expand([("random", False), ("deterministic", True)])
+    def test_points_on_line_through_centre(self, _, deterministic):
+        b, n = 16, 12
+        offsets, t, d = sampling.ray_offsets(b, n, deterministic, gen(12))
+        self.assertEqual(tuple(offsets.shape), (b, n, 3))
+        self.assertEqual(tuple(d.shape), (b, 1, 3))
+        torch.testing.assert_close(d.norm(dim=-1), torch.ones(b, 1))
+        torch.testing.assert_close(offsets, t.unsqueeze(-1) * d)
+        # collinear with the centre: offset × direction = 0
+        cross = torch.linalg.cross(offsets, d.expand_as(offsets), dim=-1)
+        torch.testing.assert_close(cross, torch.zeros_like(cross), atol=1e-6, rtol=0)
+        self.assertTrue(bool((t[:, 1:] > t[:, :-1]).all()))
+        # one depth per stratum of [−1, 1]
+        lower = torch.linspace(-1.0, 1.0, n + 1)[:-1]
+        self.assertTrue(bool((t >= lower - 1e-6).all() and (t <= lower + 2.0 / n + 1e-6).all()))
+        if deterministic:
+            torch.testing.assert_close(d, torch.tensor([0.0, 0.0, 1.0]).expand(b, 1, 3))
+            torch.testing.assert_close(t[0], lower + 1.0 / n)
+        else:
+            self.assertGreater(float(torch.cdist(d[:, 0], d[:, 0]).max()), 0.5)  # directions differ per target
+
+
+if __name__ == "__main__":
+    unittest.main()
