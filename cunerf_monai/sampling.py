@@ -73,10 +73,14 @@ def grid_cube_offsets(n: int, device: torch.device | str | None = None) -> torch
 def qmc_cube_offsets(n: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Deterministic low-discrepancy points in ``[-1, 1]^3`` for any ``n`` (Roberts' R3 sequence), ``(n, 3)``.
 
-    ``x_k = frac(0.5 + k·α)`` with ``α = (1/g, 1/g², 1/g³)`` and ``g`` the positive root of ``g⁴ = g + 1``.
-    Unlike a regular grid, the points have distinct distances
-    from the centre, so the isotropic renderer's ``δ`` are not all zero.
+    ``x_k = frac(0.5 + k·α)``, ``k = 1 … n``, with ``α = (1/g, 1/g², 1/g³)`` and ``g`` the positive root of
+    ``g⁴ = g + 1``. Unlike a regular grid, the points have distinct distances from the centre, so the isotropic
+    renderer's ``δ`` are not all zero. ``n = 1`` gives the cube centre (a point query).
     """
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}.")
+    if n == 1:
+        return torch.zeros(1, 3, device=device)
     g = 1.2207440846057596
     alpha = torch.tensor([1.0 / g, 1.0 / g**2, 1.0 / g**3], dtype=torch.float64)
     k = torch.arange(1, n + 1, dtype=torch.float64).unsqueeze(-1)

@@ -1,0 +1,166 @@
+"""The MONAI bundle: model-zoo checks, a tiny training run and inference with a correct output affine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from cunerf_monai.geometry import rodrigues
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "bundle" / "configs"
+SCHEMA = ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
+TINY = {
+    "num_iterations": 4,
+    "epoch_length": 2,
+    "batch_size": 64,
+    "num_coarse": 4,
+    "num_fine": 4,
+    "chunk_size": 512,
+    "progress": False,
+}
+
+
+def _oblique_affine() -> np.ndarray:
+    aff = np.eye(4)
+    aff[:3, :3] = rodrigues((1.0, 2.0, 0.5), 20.0) @ np.diag([1.5, 1.2, 3.0])
+    aff[:3, 3] = (-20.0, 10.0, 5.0)
+    return aff
+
+
+@pytest.fixture(scope="module")
+def tiny_volume(tmp_path_factory) -> Path:
+    """A smooth synthetic 12 x 14 x 10 volume with an oblique, anisotropic affine (int16, like a scanner)."""
+    path = tmp_path_factory.mktemp("data") / "tiny.nii.gz"
+    i, j, k = np.meshgrid(np.arange(12), np.arange(14), np.arange(10), indexing="ij")
+    vol = 100 + 80 * np.sin(i / 3.0) * np.cos(j / 4.0) + 10 * k
+    nib.save(nib.Nifti1Image(vol.astype(np.int16), _oblique_affine()), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_volume, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train")
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.json"),
+        workflow_type="train",
+        input_image=str(tiny_volume),
+        output_dir=str(out),
+        **TINY,
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    return out / "checkpoints" / "model.pt"
+
+
+def test_metadata_is_valid():
+    pytest.importorskip("jsonschema")
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    assert meta["pytorch_version"] == torch.__version__.split("+")[0]
+
+
+def test_training_writes_checkpoint_with_volume_record(trained, tiny_volume):
+    ckpt = torch.load(trained, weights_only=False)
+    assert {"model", "optimizer", "trainer", "volume", "lr_scheduler"} <= set(ckpt)
+    assert ckpt["trainer"]["iteration"] == TINY["num_iterations"]
+    geo = ckpt["volume"]["geometry"]
+    assert geo["shape"] == [12, 14, 10]
+    np.testing.assert_allclose(np.asarray(geo["affine"]), _oblique_affine(), atol=1e-5)
+    lo, hi = ckpt["volume"]["intensity_range"]
+    vol = nib.load(str(tiny_volume)).get_fdata()
+    assert lo == pytest.approx(vol.min()) and hi == pytest.approx(vol.max())
+
+
+def test_inference_writes_x2_nifti_with_correct_affine(trained, tiny_volume, tmp_path):
+    out = tmp_path / "inf"
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"),
+        workflow_type="inference",
+        checkpoint=str(trained),
+        output_dir=str(out),
+        scale=2.0,
+        slices={"axis": [1.0, 1.0, 0.0], "angles": [0.0, 360.0], "asteps": 120.0, "size": [16, 16]},
+        progress=False,
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    sr = nib.load(str(out / "sr.nii.gz"))
+    assert sr.shape == (24, 28, 20)
+    lr_aff = nib.load(str(tiny_volume)).affine
+    # the world position of every input voxel centre i is reproduced at output voxel 2·i
+    idx = np.stack(np.meshgrid(np.arange(12), np.arange(14), np.arange(10), indexing="ij"), -1).reshape(-1, 3)
+    world_in = idx @ lr_aff[:3, :3].T + lr_aff[:3, 3]
+    world_out = (2 * idx) @ sr.affine[:3, :3].T + sr.affine[:3, 3]
+    np.testing.assert_allclose(world_out, world_in, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(sr.affine[:3, :3], axis=0), [0.75, 0.6, 1.5], atol=1e-5)
+    # intensities come back in the input's range
+    data = sr.get_fdata()
+    vol = nib.load(str(tiny_volume)).get_fdata()
+    assert np.isfinite(data).all()
+    assert vol.min() - 1e-3 <= data.min() and data.max() <= vol.max() + 1e-3
+    pngs = sorted((out / "slices").glob("*.png"))
+    assert len(pngs) == 3 and (out / "slices" / "sweep.gif").is_file()
+    summary = json.loads((out / "render.json").read_text())
+    assert summary["shape"] == [24, 28, 20]
+
+
+def test_inference_refuses_missing_checkpoint(tmp_path):
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"),
+        workflow_type="inference",
+        checkpoint=str(tmp_path / "nope.pt"),
+        output_dir=str(tmp_path / "out"),
+    )
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+        wf.run()
+    chain, exc = [], info.value
+    while exc is not None:
+        chain.append(str(exc))
+        exc = exc.__cause__
+    assert any("Checkpoint not found" in m for m in chain), chain
+    assert not (tmp_path / "out" / "sr.nii.gz").exists()
+
+
+def _bundle_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CUNERF_BUNDLE_ROOT=str(ROOT / "bundle"))
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_model_zoo_checks(trained, tmp_path):
+    meta = str(CONFIGS / "metadata.json")
+    cfg = str(CONFIGS / "inference.json")
+    res = _bundle_cli(
+        "verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", cfg,
+        "--checkpoint", str(trained), cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    ts = tmp_path / "model.ts"
+    res = _bundle_cli(
+        "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(trained), "--key_in_ckpt", "model",
+        "--meta_file", meta, "--config_file", cfg, "--checkpoint", str(trained),
+        "--use_trace", "True", "--input_shape", "[1, 3, 4, 4, 4]", cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    scripted = torch.jit.load(str(ts))
+    x = torch.rand(1, 3, 5, 6, 7) * 2 - 1
+    assert tuple(scripted(x).shape) == (1, 2, 5, 6, 7)
