@@ -85,7 +85,7 @@ class VolumeGeometry:
             raise ValueError("The affine is singular (a voxel axis has zero length or two axes coincide).")
         padding = _as3(self.padding, "padding")
         if not np.all(np.isfinite(padding)) or np.any(padding < 0):
-            raise ValueError(f"padding must be finite and non-negative (LR voxels), got {list(padding)}.")
+            raise ValueError(f"padding must be finite and non-negative (LR voxels), got {[float(v) for v in padding]}.")
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "affine", affine)
         object.__setattr__(self, "padding", tuple(float(p) for p in padding))
@@ -194,7 +194,7 @@ def grid_for_scale(geometry: VolumeGeometry, scale: float | Sequence[float]) -> 
     """
     s = _as3(scale, "scale")
     if not np.all(np.isfinite(s)) or np.any(s <= 0):
-        raise ValueError(f"scale must be positive and finite, got {list(s)}.")
+        raise ValueError(f"scale must be positive and finite, got {[float(v) for v in s]}.")
     shape = tuple(max(1, int(round(n * f))) for n, f in zip(geometry.shape, s))
     if np.prod(np.asarray(shape, dtype=np.float64)) > MAX_OUTPUT_VOXELS:
         raise ValueError(f"scale {list(s)} asks for an output of {shape} voxels, which is absurdly large.")
@@ -206,7 +206,7 @@ def grid_for_spacing(geometry: VolumeGeometry, spacing: float | Sequence[float])
     """Output grid with the given voxel size in mm (per axis allowed); see :func:`grid_for_scale`."""
     sp = _as3(spacing, "spacing")
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise ValueError(f"target spacing must be positive (mm), got {list(sp)}.")
+        raise ValueError(f"target spacing must be positive (mm), got {[float(v) for v in sp]}.")
     return grid_for_scale(geometry, geometry.spacing / sp)
 
 

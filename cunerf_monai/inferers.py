@@ -19,6 +19,7 @@ from torch import nn
 
 from . import rendering, sampling
 from .geometry import ObliquePlane, TargetGrid, VolumeGeometry, voxel_footprint_in_index
+from .sampling import CUBE_MODES
 
 __all__ = ["CuNeRFInferer", "CubeSamples", "field_device"]
 
@@ -75,7 +76,9 @@ class CuNeRFInferer(Inferer):
         weighting: ``"isotropic"`` (Eq. 11) or ``"uniform"`` (plain cube mean, a box filter).
         norm: distance for the isotropic renderer, ``"l2"`` (paper default) or ``"linf"``.
         normalize_weights: make the weights sum to one (bounded output, see :mod:`cunerf_monai.rendering`).
-        cube_sampling: training cube samples, ``"stratified"`` or ``"uniform"``.
+        cube_sampling: training cube samples: random ``"stratified"`` or ``"uniform"`` (the paper), or the fixed
+            ``"grid"`` (midpoint rule: with ``k³`` points in an LR voxel of a ×k box degradation these are exactly
+            the HR voxel centres) or ``"qmc"``.
         eval_cube_sampling: rendering cube samples, ``"qmc"`` or ``"grid"`` (both deterministic).
         render_cube_size: cube edge when rendering, in LR voxels, or ``None`` for the footprint of the
             rendered voxel (an HR voxel at ×2 covers half an LR voxel per axis).
@@ -122,8 +125,8 @@ class CuNeRFInferer(Inferer):
             raise ValueError(f"weighting must be 'isotropic' or 'uniform', got {weighting!r}.")
         if norm not in sampling_norms():
             raise ValueError(f"norm must be one of {sampling_norms()}, got {norm!r}.")
-        if cube_sampling not in ("stratified", "uniform"):
-            raise ValueError(f"cube_sampling must be 'stratified' or 'uniform', got {cube_sampling!r}.")
+        if cube_sampling not in CUBE_MODES:
+            raise ValueError(f"cube_sampling must be one of {CUBE_MODES}, got {cube_sampling!r}.")
         if eval_cube_sampling not in ("qmc", "grid"):
             raise ValueError(f"eval_cube_sampling must be 'qmc' or 'grid', got {eval_cube_sampling!r}.")
         if render_cube_size is not None and not render_cube_size > 0:

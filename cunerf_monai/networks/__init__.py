@@ -4,8 +4,11 @@ from .cunerf import CuNeRFModel
 from .encodings import PositionalEncoding
 from .hashgrid import HashGridEncoding, HashGridField, hashgrid_level_resolutions
 from .mlp import PositionalMLPField
+from .prior import BSplineVolume, ResidualField
 
 __all__ = [
+    "BSplineVolume",
+    "ResidualField",
     "CuNeRFModel",
     "HashGridEncoding",
     "HashGridField",

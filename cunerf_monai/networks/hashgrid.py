@@ -12,18 +12,21 @@ voxel widths, so ``finest_resolution = S + 2P`` gives one finest cell per LR vox
 centres when ``P`` is an integer).
 
 CPU speed notes: the levels are processed one after the other over *all* points (each level's table slice
-stays hot in the cache, which is several times faster than interleaving levels), the gather of ``F = 2``
-float32 features is done as one 64-bit load per corner, and the table gradient is accumulated by a
-hand-written backward (``scatter_add_``) instead of autograd's ``index_select`` backward.
+stays hot in the cache, which is several times faster than interleaving levels); per-corner tensors are
+corner-major ``(8, N)`` so that broadcasting runs over long contiguous rows; an ``F = 2`` row is gathered,
+weighted and scatter-added as one complex number; and the table gradient is accumulated by a hand-written
+backward (``scatter_add_``) instead of autograd's ``index_select`` backward.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .utils import channel_last_call
 
@@ -31,7 +34,7 @@ __all__ = ["HashGridEncoding", "HashGridField", "hashgrid_level_resolutions"]
 
 # instant-ngp spatial hash primes (the first is 1 so that the fastest axis stays coherent in memory).
 _PRIMES = (1, 2654435761, 805459861)
-# integer dtype of the same byte size as one table row, to gather a whole row with one load.
+# a scalar dtype of the same byte size as one table row, to gather a whole row with one load.
 _ROW_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.complex128}
 # the 8 corners of a cell, corner c = 4 dx + 2 dy + dz
 _CORNERS = [(dx, dy, dz) for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)]
@@ -39,15 +42,17 @@ _CORNERS = [(dx, dy, dz) for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)]
 
 def _as_resolution3(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
     """Broadcast an int or a length-3 sequence of ints to a tuple of three positive ints."""
-    if isinstance(value, (int,)) and not isinstance(value, bool):
-        vals = [value] * 3
-    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3:
-        vals = list(value)
-    else:
+    vals = [value] * 3 if isinstance(value, numbers.Real) else None
+    if vals is None and not isinstance(value, (str, bytes)):
+        try:
+            vals = list(value)  # type: ignore[arg-type]
+        except TypeError:
+            vals = None
+    if vals is None or len(vals) != 3:
         raise ValueError(f"{name} must be an int or a sequence of three ints, got {value!r}.")
     out = []
     for v in vals:
-        if isinstance(v, bool) or int(v) != v:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not float(v).is_integer():
             raise ValueError(f"{name} must hold integers, got {value!r}.")
         if int(v) < 1:
             raise ValueError(f"{name} must be positive, got {value!r}.")
@@ -150,6 +155,7 @@ class _HashGridInterpolation(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
         enc: HashGridEncoding = ctx.encoding
         flat = ctx.saved_tensors
@@ -283,6 +289,7 @@ class HashGridEncoding(nn.Module):
 
         ``unit_t`` ``(3, N)`` are points in ``[0, 1]^3`` (corner-major layout); corner ``c = 4 dx + 2 dy + dz``.
         """
+        num_points = unit_t.shape[1]
         res = self.resolution_float[level].to(unit_t.dtype).view(3, 1)
         pos = unit_t * res
         cell = torch.minimum(pos.floor(), res - 1)
@@ -296,10 +303,10 @@ class HashGridEncoding(nn.Module):
             mask = self.table_size - 1  # masking each term first gives the same low bits as masking the xor
             h0 = (ijk * coef) & mask
             h = torch.stack([h0, (h0 + coef) & mask], dim=1)  # (3, 2, N): hash terms of i and i + 1
-            index = ((h[0][:, None, None] ^ h[1][None, :, None]) ^ h[2][None, None, :]).view(8, -1)
+            index = ((h[0][:, None, None] ^ h[1][None, :, None]) ^ h[2][None, None, :]).view(8, num_points)
         factors = torch.stack([1 - frac, frac], dim=1)  # (3, 2, N)
         weight = factors[0][:, None, None] * factors[1][None, :, None] * factors[2][None, None, :]
-        return index, weight.view(8, -1), factors
+        return index, weight.view(8, num_points), factors
 
     def corner_indices(self, x: torch.Tensor, level: int) -> torch.Tensor:
         """Table rows ``(..., 8)`` of the cell corners of points ``x`` ``(..., 3)`` at ``level`` (for inspection)."""
@@ -316,7 +323,8 @@ class HashGridEncoding(nn.Module):
         outs = []
         for lvl in range(self.num_levels):
             index, weight, _ = self._corners(unit_t, lvl)
-            feats = self.embeddings[lvl].index_select(0, index.view(-1)).view(8, -1, self.features_per_level)
+            feats = self.embeddings[lvl].index_select(0, index.view(-1))
+            feats = feats.view(8, unit_t.shape[1], self.features_per_level)
             outs.append((feats * weight.unsqueeze(-1)).sum(0))
         return torch.stack(outs, 0)
 
@@ -339,7 +347,12 @@ class HashGridField(nn.Module):
     """Hash-grid field: :class:`HashGridEncoding` + a small ReLU MLP → raw outputs (no final activation).
 
     Channel 0 of the output is the intensity logit and channel 1 the density; the renderer applies the
-    activations.
+    activations. The MLP input is the encoding ``(L · F)`` followed, with ``include_input``, by the raw
+    coordinates (3).
+
+    Training tips (instant-ngp): Adam with ``betas=(0.9, 0.99)``, ``eps=1e-15`` (the table gradients are tiny)
+    and a larger learning rate (≈1e-2); no weight decay on ``encoding.embeddings``. ``torch.jit.trace`` works
+    (the traced graph uses a plain-op path with a slower backward, fine for inference / export).
 
     Args:
         encoding: keyword arguments of :class:`HashGridEncoding` (``None``: its defaults).
@@ -349,6 +362,10 @@ class HashGridField(nn.Module):
         include_input: concatenate the raw coordinates to the encoding.
         channel_dim: ``-1`` for points ``(..., 3) → (..., C)``; ``1`` for channel-first grids
             ``(B, 3, *S) → (B, C, *S)``.
+
+    Shapes:
+        ``(..., 3) → (..., out_channels)`` with ``channel_dim = -1``; ``(B, 3, *S) → (B, out_channels, *S)`` with
+        ``channel_dim = 1``.
 
     Examples::
 
@@ -372,7 +389,9 @@ class HashGridField(nn.Module):
         if encoding is not None and not isinstance(encoding, dict):
             raise ValueError(f"encoding must be a dict of HashGridEncoding arguments or None, got {type(encoding)}.")
         if hidden_features < 1 or out_channels < 1:
-            raise ValueError(f"hidden_features and out_channels must be positive, got {hidden_features}, {out_channels}.")
+            raise ValueError(
+                f"hidden_features and out_channels must be positive, got {hidden_features}, {out_channels}."
+            )
         if num_hidden_layers < 0:
             raise ValueError(f"num_hidden_layers must be >= 0, got {num_hidden_layers}.")
         if channel_dim not in (-1, 1):

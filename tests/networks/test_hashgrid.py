@@ -91,7 +91,8 @@ class TestExactAtVertices(unittest.TestCase):
         torch.testing.assert_close(out[0, 2:4], expected, atol=1e-5, rtol=0)
 
     def test_anisotropic_dense_vertex(self):
-        enc = random_encoding(num_levels=1, log2_hashmap_size=10, base_resolution=(3, 5, 7), finest_resolution=(3, 5, 7))
+        res = (3, 5, 7)
+        enc = random_encoding(num_levels=1, log2_hashmap_size=10, base_resolution=res, finest_resolution=res)
         for ijk in [(0, 0, 0), (3, 5, 7), (2, 1, 6), (1, 4, 3)]:
             out = enc(vertex_to_field(ijk, (3, 5, 7)).float()[None])
             torch.testing.assert_close(out[0], enc.embeddings[0, dense_row(ijk, (3, 5, 7))], atol=1e-5, rtol=0)
@@ -209,6 +210,14 @@ class TestLayouts(unittest.TestCase):
         field = HashGridField(encoding={"num_levels": 2, "log2_hashmap_size": 8}, out_channels=3)
         self.assertEqual(tuple(field(torch.zeros(4, 5, 3)).shape), (4, 5, 3))
         self.assertEqual(tuple(field(torch.zeros(3)).shape), (3,))
+
+    def test_empty_batch(self):
+        field = HashGridField(encoding={"num_levels": 3, "log2_hashmap_size": 8})
+        x = torch.zeros(0, 3, requires_grad=True)
+        out = field(x)
+        self.assertEqual(tuple(out.shape), (0, 2))
+        out.sum().backward()
+        self.assertEqual(tuple(x.grad.shape), (0, 3))
 
     def test_include_input_width(self):
         a = HashGridField(encoding={"num_levels": 3, "log2_hashmap_size": 8}, include_input=True)

@@ -1,0 +1,145 @@
+"""A dense, learnable cubic B-spline field on the LR grid: fitting it through a box forward model is an
+iterative back-projection that converges to the *consistent* cubic spline reconstruction of the LR volume.
+
+:class:`BSplineGridField` holds one learnable value per LR voxel, ``v`` (the "virtual samples", initialised
+to the LR volume itself). Its intensity at a point is the cubic B-spline whose coefficients are the
+(approximate, FIR) interpolation prefilter of ``v``; at the start this is the cubic interpolant of the LR
+volume (the aligned B-spline baseline). Trained with the exact forward model of the degradation (the mean of
+the field over each LR voxel's footprint, ``cube_sampling="grid"`` and ``weighting="uniform"``), the
+least-squares fit has a unique solution: the spline whose box averages reproduce the LR voxels exactly
+(Unser's consistent sampling). For partial-volume (box) LR data this undoes the box blur that plain
+interpolation leaves in (≈ +1.3 dB PSNR over the B-spline baseline at ×2 3D on Colin27); for nearest
+decimation (a point forward model) the start is already the solution and the fit leaves it there (a tie).
+
+Why the "virtual samples" parametrisation: learning the spline coefficients directly is a badly conditioned
+least-squares problem (the box-averaged spline damps the highest frequency by ≈0.22 per axis, ≈0.01 in 3D,
+so its normal equations have a condition number ≈10⁴); through the prefilter the problem's spectrum is
+``H_box / H_interp`` (≥ ≈0.65 per axis) and gradient methods converge in a few passes over the volume.
+
+The second output channel is a constant density (``density``), so the field also runs under the isotropic
+renderer, where a constant density makes the weights depend on the sample radii only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .prior import _bspline_fetches
+
+__all__ = ["BSplineGridField", "bspline_prefilter_taps"]
+
+
+def bspline_prefilter_taps(half_width: int = 4) -> torch.Tensor:
+    """FIR taps ``(2K + 1,)`` of the cubic B-spline interpolation prefilter, ``h[k] = c₀ z₁^|k|``.
+
+    ``z₁ = √3 − 2`` is the filter's pole and ``c₀ = −6 z₁ / (1 − z₁²)`` (so that ``(h * b)[k] = δ[k]`` with
+    ``b = (1/6, 4/6, 1/6)``); the taps are renormalised to sum to one (exact DC gain), the truncation error at
+    other frequencies is ``O(|z₁|^{K+1})`` (``K = 4``: ≈ 0.1 %).
+    """
+    if half_width < 0:
+        raise ValueError(f"half_width must be non-negative, got {half_width}.")
+    z1 = math.sqrt(3.0) - 2.0
+    c0 = -6.0 * z1 / (1.0 - z1 * z1)
+    k = torch.arange(-half_width, half_width + 1, dtype=torch.float64)
+    taps = c0 * z1 ** k.abs()
+    return (taps / taps.sum()).float()
+
+
+class BSplineGridField(nn.Module):
+    """Cubic B-spline field with one learnable "virtual sample" per LR voxel.
+
+    Args:
+        shape: LR voxel shape ``(X, Y, Z)``.
+        padding: field padding ``P`` (Eq. 7) of the LR geometry, in LR voxels (a scalar or three values).
+        volume: the normalised LR volume ``(X, Y, Z)`` or ``(1, X, Y, Z)`` to start from (else zeros; the values
+            are a parameter restored from checkpoints).
+        density: the constant second output.
+        prefilter_half_width: FIR half-width ``K`` of the interpolation prefilter.
+        learnable: train the samples (``False`` gives a fixed cubic interpolant).
+
+    Input points ``(..., 3)`` in field coordinates; output ``(..., 2)``: intensity, density. Outside the LR
+    footprint (continuous index ``< −0.5`` or ``> S − 0.5``) the field is constant along the outward normal
+    (coordinates are clamped), like the aligned baselines' edge clamping.
+    """
+
+    margin = 3  # LR voxels of replicated samples around the volume (spline support beyond the clamped edge)
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        padding: float | Sequence[float] = 1.0,
+        volume: np.ndarray | torch.Tensor | None = None,
+        density: float = 1.0,
+        prefilter_half_width: int = 4,
+        learnable: bool = True,
+    ) -> None:
+        super().__init__()
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3 or min(shape) < 2:
+            raise ValueError(f"BSplineGridField needs a 3D shape with at least 2 voxels per axis, got {shape}.")
+        pad = np.broadcast_to(np.asarray(padding, dtype=np.float64), (3,))
+        n = np.asarray(shape, dtype=np.float64)
+        self.shape = shape
+        self.density = float(density)
+        self.samples = nn.Parameter(torch.zeros(shape), requires_grad=bool(learnable))
+        self.register_buffer("taps", bspline_prefilter_taps(prefilter_half_width))
+        # field → continuous LR index: u = f · (S + 2P) / 2 + (S − 1) / 2
+        self.register_buffer("index_scale", torch.as_tensor((n + 2.0 * pad) / 2.0, dtype=torch.float32))
+        self.register_buffer("index_shift", torch.as_tensor((n - 1.0) / 2.0, dtype=torch.float32))
+        self.register_buffer("size", torch.as_tensor(n, dtype=torch.float32))
+        self._cache: tuple[tuple, torch.Tensor] | None = None
+        if volume is not None:
+            self.set_volume(volume)
+
+    @torch.no_grad()
+    def set_volume(self, volume: np.ndarray | torch.Tensor) -> None:
+        """Reset the samples to ``volume`` ``(X, Y, Z)`` (or ``(1, X, Y, Z)``): the field becomes its interpolant."""
+        arr = volume.detach().cpu() if isinstance(volume, torch.Tensor) else torch.as_tensor(np.asarray(volume))
+        self.samples.copy_(arr.to(torch.float32).reshape(self.shape))
+        self._cache = None
+
+    def coefficients(self) -> torch.Tensor:
+        """B-spline coefficients ``(1, 1, X + 2m, Y + 2m, Z + 2m)`` of the samples (margin ``m``, replicated).
+
+        Differentiable; without gradients the result is cached until the samples change.
+        """
+        key = (self.samples._version, self.samples.data_ptr(), self.samples.device, self.samples.dtype)
+        if not torch.is_grad_enabled() and self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        k = (self.taps.numel() - 1) // 2
+        c = F.pad(self.samples[None, None], (self.margin + k,) * 6, mode="replicate")
+        taps = self.taps.to(c.dtype)
+        for axis in range(3):  # separable FIR along each axis, "valid" convolution removes the k extra voxels
+            w = taps.reshape([1, 1] + [taps.numel() if a == axis else 1 for a in range(3)])
+            c = F.conv3d(c, w)
+            # the other axes still carry the k extra voxels; they are trimmed by their own pass
+        if not torch.is_grad_enabled():
+            self._cache = (key, c.detach())
+        return c
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """Raw outputs ``(..., 2)`` (intensity, density) at field coordinates ``(..., 3)``."""
+        lead = points.shape[:-1]
+        coeff = self.coefficients().to(points.dtype)
+        u = points.reshape(-1, 3) * self.index_scale + self.index_shift
+        u = torch.minimum(torch.maximum(u, torch.full_like(u, -0.5)), self.size - 0.5) + self.margin
+        g0, g1, h0, h1 = _bspline_fetches(u)
+        scale = 2.0 / (self.size + 2.0 * self.margin - 1.0)  # grid_sample, align_corners=True, padded grid
+        n0, n1 = h0 * scale - 1.0, h1 * scale - 1.0
+        grids, weights = [], []
+        for a in range(2):
+            for b in range(2):
+                for c in range(2):
+                    grids.append(torch.stack([(n0, n1)[c][:, 2], (n0, n1)[b][:, 1], (n0, n1)[a][:, 0]], dim=-1))
+                    weights.append((g0, g1)[a][:, 0] * (g0, g1)[b][:, 1] * (g0, g1)[c][:, 2])
+        grid = torch.stack(grids, dim=0).reshape(1, 8, -1, 1, 3)
+        vals = F.grid_sample(coeff, grid, mode="bilinear", padding_mode="border", align_corners=True).reshape(8, -1)
+        value = (vals * torch.stack(weights, dim=0)).sum(dim=0)
+        out = torch.stack([value, torch.full_like(value, self.density)], dim=-1)
+        return out.reshape(*lead, 2)
