@@ -248,7 +248,7 @@ class TestCubeRender(unittest.TestCase):
             ("sampling", dict(sampling="cone")),
             ("weighting", dict(weighting="max")),
             ("norm", dict(norm="l1")),
-            ("cube_sampling", dict(cube_sampling="grid")),
+            ("cube_sampling", dict(cube_sampling="sobol")),
             ("eval_sampling", dict(eval_cube_sampling="uniform")),
             ("cube_size", dict(render_cube_size=0.0)),
             ("activation", dict(intensity_activation="tanh")),
