@@ -153,8 +153,28 @@ class SlabDataset(Dataset):
 class CubePrepareBatch(PrepareBatch):
     """Turn a :class:`RandomCubeDataset` batch into ``(centres, targets, args, kwargs)`` for the trainer.
 
-    The engine then calls ``inferer(centres, network, half_extent=...)`` and ``loss(pred, targets)``.
+    The engine then calls ``inferer(centres, network, half_extent=..., generator=...)`` and
+    ``loss(pred, targets)``. The random samples inside the cubes are drawn from this object's own generator
+    (seeded ``seed + 1000 · rank``, on the batch's device), which checkpoints save and restore, so a resumed
+    run repeats exactly the samples of an uninterrupted one.
+
+    Args:
+        seed: base seed of the sample stream.
     """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+        self.generator: torch.Generator | None = None
+        self._pending_state: torch.Tensor | None = None
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if self.generator is None or self.generator.device != device:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(self.seed + 1000 * distributed_rank())
+            if self._pending_state is not None:
+                self.generator.set_state(self._pending_state)
+                self._pending_state = None
+        return self.generator
 
     def __call__(
         self,
@@ -166,4 +186,15 @@ class CubePrepareBatch(PrepareBatch):
         centre = batchdata["centre"].to(device=device, non_blocking=non_blocking)
         target = batchdata["target"].to(device=device, non_blocking=non_blocking)
         half = batchdata["half_extent"].to(device=device, non_blocking=non_blocking)
-        return centre, target, (), {"half_extent": half}
+        return centre, target, (), {"half_extent": half, "generator": self._generator(centre.device)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sample stream's state."""
+        if self.generator is not None:
+            return {"generator": self.generator.get_state()}
+        return {"generator": self._pending_state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (applied when the generator is next used)."""
+        self._pending_state = state.get("generator")
+        self.generator = None

@@ -38,7 +38,8 @@ def _gzip_problem(p: Path) -> str | None:
     with open(p, "rb") as f:
         magic = f.read(2)
     if magic != b"\x1f\x8b":
-        return f"{p} is named {''.join(p.suffixes[-2:]) or p.suffix} but is not gzip-compressed: it is not a NIfTI .nii.gz file"
+        named = "".join(p.suffixes[-2:]) or p.suffix
+        return f"{p} is named {named} but is not gzip-compressed: it is not a NIfTI .nii.gz file"
     size = 0
     try:
         with gzip.open(p, "rb") as f:
@@ -47,7 +48,10 @@ def _gzip_problem(p: Path) -> str | None:
     except (EOFError, OSError, zlib.error) as exc:
         return f"{p} is truncated or corrupt: its gzip stream is incomplete ({_first_line(exc)})"
     if size < _NIFTI_HEADER_BYTES:
-        return f"{p} is truncated: it holds {size} bytes once decompressed, less than a NIfTI header ({_NIFTI_HEADER_BYTES})"
+        return (
+            f"{p} is truncated: it holds {size} bytes once decompressed, less than a NIfTI header "
+            f"({_NIFTI_HEADER_BYTES})"
+        )
     return None
 
 
@@ -97,7 +101,8 @@ def _read_problem(p: Path, exc: BaseException) -> str:
     except OSError as os_exc:
         return f"Could not read {p}: {_first_line(os_exc)}"
     kinds = {".nrrd": "an NRRD image", ".nhdr": "an NRRD image", ".mha": "a MetaImage", ".mhd": "a MetaImage"}
-    kind = kinds.get(p.suffix.lower(), "a DICOM file" if p.suffix.lower() == ".dcm" else f"a medical image ({_FORMATS})")
+    kinds[".dcm"] = "a DICOM file"
+    kind = kinds.get(p.suffix.lower(), f"a medical image ({_FORMATS})")
     cause = _first_line(exc)
     if "suitable reader" in cause:  # MONAI: every reader refused the file
         cause = "no reader accepts it (damaged, or not the format its name says)"
@@ -165,7 +170,7 @@ def load_volume(path: str | os.PathLike, channel: int | None = None, validate: b
         )
     n_channels = int(img.shape[0])
     if channel is not None:
-        if isinstance(channel, bool) or int(channel) != channel or not 0 <= int(channel) < n_channels:
+        if not isinstance(channel, (int, np.integer)) or isinstance(channel, bool) or not 0 <= channel < n_channels:
             raise ValueError(
                 f"channel {channel} does not exist: {p} has {n_channels} channel{'s' if n_channels > 1 else ''}"
                 f" (0 … {n_channels - 1})."

@@ -316,7 +316,7 @@ class HashGridEncoding(nn.Module):
 
     def _to_unit_t(self, x: torch.Tensor) -> torch.Tensor:
         """Points ``(N, 3)`` → clamped unit-cube coordinates, corner-major ``(3, N)``."""
-        return ((x.to(self.embeddings.dtype).clamp(-1.0, 1.0) + 1.0) * 0.5).t().contiguous()
+        return ((torch.nan_to_num(x.to(self.embeddings.dtype), nan=0.0).clamp(-1.0, 1.0) + 1.0) * 0.5).t().contiguous()
 
     def _forward_reference(self, unit_t: torch.Tensor) -> torch.Tensor:
         """Plain-autograd path (``(3, N)`` in ``[0, 1]`` → ``(L, N, F)``), used when tracing and as a test oracle."""

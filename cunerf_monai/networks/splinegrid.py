@@ -115,10 +115,11 @@ class BSplineGridField(nn.Module):
         k = (self.taps.numel() - 1) // 2
         c = F.pad(self.samples[None, None], (self.margin + k,) * 6, mode="replicate")
         taps = self.taps.to(c.dtype)
-        for axis in range(3):  # separable FIR along each axis, "valid" convolution removes the k extra voxels
-            w = taps.reshape([1, 1] + [taps.numel() if a == axis else 1 for a in range(3)])
-            c = F.conv3d(c, w)
-            # the other axes still carry the k extra voxels; they are trimmed by their own pass
+        c = c[0, 0]
+        for axis in range(3):  # separable FIR ("valid": each pass trims the k extra voxels of its own axis)
+            length = c.shape[axis] - 2 * k
+            c = sum(taps[j] * c.narrow(axis, j, length) for j in range(2 * k + 1))
+        c = c[None, None]
         if not torch.is_grad_enabled():
             self._cache = (key, c.detach())
         return c

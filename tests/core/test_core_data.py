@@ -168,7 +168,8 @@ class TestCubePrepareBatch(unittest.TestCase):
         torch.testing.assert_close(centre, batch["centre"], rtol=0, atol=0)
         torch.testing.assert_close(target, batch["target"], rtol=0, atol=0)
         self.assertEqual(args, ())
-        self.assertEqual(set(kwargs), {"half_extent"})
+        self.assertEqual(set(kwargs), {"half_extent", "generator"})
+        self.assertIsInstance(kwargs["generator"], torch.Generator)
         torch.testing.assert_close(kwargs["half_extent"], batch["half_extent"], rtol=0, atol=0)
         # half a voxel of a 5-voxel axis with P = 1: 0.5 · 2 / 7
         self.assertAlmostEqual(float(kwargs["half_extent"][0]), 1.0 / 7.0, places=6)

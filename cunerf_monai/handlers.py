@@ -1,0 +1,230 @@
+"""Ignite handlers the bundle needs beyond MONAI's: atomic checkpoints with resume, a guard against non-finite
+losses, and a PSNR-vs-iteration plot."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
+
+from .records import VolumeRecord
+
+__all__ = ["RandomStates", "TrackingExtras", "AtomicCheckpoints", "NonFiniteLossGuard", "ValidationCurve", "resume_training"]
+
+logger = logging.getLogger(__name__)
+
+LAST = "last.pt"
+FINAL = "model.pt"
+
+
+def _is_rank0() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
+class RandomStates:
+    """torch's, numpy's and Python's global random states as a checkpointable object, so that a resumed run draws
+    exactly the samples the interrupted one would have drawn."""
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        import numpy as np
+
+        return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        import random
+
+        import numpy as np
+
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["python"])
+
+
+class AtomicCheckpoints:
+    """Save ``to_save`` atomically (temporary file, then rename) as ``last.pt`` every ``every`` epochs and as
+    ``model.pt`` when training completes. Only rank 0 writes under ``torch.distributed``.
+
+    Args:
+        save_dir: checkpoint folder.
+        to_save: objects with ``state_dict`` (networks, optimizer, scheduler, trainer, volume record, data).
+        every: epochs between ``last.pt`` saves.
+        final: also write ``model.pt`` at the end.
+    """
+
+    def __init__(self, save_dir: str, to_save: Mapping[str, Any], every: int = 1, final: bool = True) -> None:
+        self.save_dir, self.to_save, self.every, self.final = str(save_dir), dict(to_save), int(every), bool(final)
+
+    def _checkpoint(self, name: str) -> Checkpoint:
+        saver = DiskSaver(self.save_dir, atomic=True, create_dir=True, require_empty=False, save_on_rank=0)
+        return Checkpoint(self.to_save, saver, filename_pattern=name, n_saved=1)
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``engine``'s epoch and completion events."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every), self._checkpoint(LAST))
+        if self.final:
+            engine.add_event_handler(Events.COMPLETED, self._checkpoint(FINAL))
+
+
+def resume_training(save_dir: str, to_load: Mapping[str, Any], record: VolumeRecord, enabled: bool = True) -> bool:
+    """Load ``save_dir/last.pt`` into ``to_load`` if it exists (iteration, optimizer, scheduler, random streams).
+
+    Raises:
+        ValueError: the checkpoint belongs to a run on another volume (other shape, affine or range).
+    Returns:
+        whether a checkpoint was loaded.
+    """
+    path = Path(save_dir) / LAST
+    if not enabled or not path.is_file():
+        return False
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    mine, theirs = record.state_dict(), ckpt.get("volume", {})
+    if mine.get("geometry") != theirs.get("geometry") or mine.get("intensity_range") != theirs.get("intensity_range"):
+        raise ValueError(
+            f"{path} belongs to a run on another volume ({theirs.get('source', '?')}); use another output_dir, "
+            "or pass --resume False to start over."
+        )
+    model = to_load.get("model")
+    if model is not None and "model" in ckpt:
+        model.load_state_dict(ckpt["model"])  # wrapped networks (DDP) accept the plain keys here
+    Checkpoint.load_objects({k: v for k, v in to_load.items() if k != "model" and k in ckpt}, ckpt)
+    logger.info(f"resumed from {path} at iteration {ckpt.get('trainer', {}).get('iteration', '?')}")
+    return True
+
+
+class NonFiniteLossGuard:
+    """Stop training with a clear error when the loss becomes NaN or infinite (the last good checkpoint stays)."""
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        out = engine.state.output
+        loss = out[0]["loss"] if isinstance(out, list) else out["loss"] if isinstance(out, dict) else out
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"The loss became {value} at iteration {engine.state.iteration}; training stopped. The last good "
+                "checkpoint (last.pt) is kept. Lower the learning rate or check the input for extreme values."
+            )
+
+
+class ValidationCurve:
+    """Record the validation metric after each validation round and plot it against the iteration (PNG).
+
+    Args:
+        trainer: the training engine (for the iteration count).
+        path: output PNG.
+        metric: the evaluator metric to record.
+    """
+
+    def __init__(self, trainer: Engine, path: str, metric: str = "val_psnr") -> None:
+        self.trainer, self.path, self.metric = trainer, str(path), metric
+        self.history: list[tuple[int, float]] = []
+
+    def attach(self, evaluator: Engine) -> None:
+        evaluator.add_event_handler(Events.COMPLETED, self._record)
+
+    def _record(self, evaluator: Engine) -> None:
+        value = evaluator.state.metrics.get(self.metric)
+        if value is None:
+            return
+        self.history.append((int(self.trainer.state.iteration), float(value)))
+        if _is_rank0():
+            from .evaluation.figures import plot_curve
+
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            xs = [h[0] for h in self.history]
+            plot_curve(self.path, xs, {self.metric: [h[1] for h in self.history]}, "iteration", "PSNR (dB)",
+                       title="validation PSNR of the fitted volume")
+
+
+def _mlflow_handler(engine: Engine) -> Any | None:
+    """The MONAI ``MLFlowHandler`` attached to ``engine`` (by ``--tracking mlflow``), if any."""
+    from monai.handlers import MLFlowHandler
+
+    for handlers in engine._event_handlers.values():
+        for entry in handlers:
+            func = entry[0]
+            owner = getattr(func, "__self__", None)
+            if isinstance(owner, MLFlowHandler):
+                return owner
+    return None
+
+
+class TrackingExtras:
+    """When the run is tracked with MLflow (``--tracking mlflow``), add what MONAI's handler does not log:
+    the fit's parameters, a picture of the result (mid slices per plane: input, ×2 render, fit error) and the
+    final checkpoint. Does nothing when tracking is off or on ranks other than 0.
+
+    Args:
+        trainer: the training engine (its MLflow handler's run is used).
+        params: parameters to log (field, scale, sample counts, learning rate, …).
+        network, inferer, image: the model, its renderer and the normalised training image ``(1, X, Y, Z)``.
+        output_dir: where the picture is written before upload.
+        checkpoint: the checkpoint to upload (the last epoch's, written just before).
+    """
+
+    def __init__(
+        self,
+        trainer: Engine,
+        params: Mapping[str, Any],
+        network: torch.nn.Module,
+        inferer: Any,
+        image: torch.Tensor,
+        output_dir: str,
+        checkpoint: str,
+    ) -> None:
+        self.trainer, self.params = trainer, dict(params)
+        self.network, self.inferer, self.image = network, inferer, image
+        self.output_dir, self.checkpoint = str(output_dir), str(checkpoint)
+
+    def attach(self, engine: Engine) -> None:
+        # at the end of the last epoch: MLflow's run is still open then (it closes on COMPLETED)
+        last = Events.EPOCH_COMPLETED(event_filter=lambda e, epoch: epoch == e.state.max_epochs)
+        engine.add_event_handler(last, self)
+
+    def __call__(self, engine: Engine) -> None:
+        handler = _mlflow_handler(engine)
+        if handler is None or not _is_rank0() or getattr(handler, "cur_run", None) is None:
+            return
+        run_id = handler.cur_run.info.run_id
+        client = handler.client
+        for key, value in self.params.items():
+            client.log_param(run_id, key, str(value)[:500])
+        picture = self.picture(Path(self.output_dir) / "result_slices.png")
+        client.log_artifact(run_id, picture, artifact_path="images")
+        val_curve = Path(self.output_dir) / "val_psnr.png"
+        if val_curve.is_file():
+            client.log_artifact(run_id, str(val_curve), artifact_path="images")
+        if Path(self.checkpoint).is_file():
+            client.log_artifact(run_id, self.checkpoint, artifact_path="model")
+        configs = sorted(Path(self.output_dir).glob("config_*.json"), key=lambda p: p.stat().st_mtime)
+        if configs:  # the merged config that MONAI's tracking patch saved for this run
+            client.log_artifact(run_id, str(configs[-1]), artifact_path="config")
+
+    def picture(self, path: Path) -> str:
+        """Mid slices per plane: input, ×2 render and |render − input| at the input's voxels; returns the path."""
+        import numpy as np
+
+        from .data import geometry_of
+        from .evaluation.figures import comparison_figure
+        from .geometry import TargetGrid
+
+        model = getattr(self.network, "module", self.network)
+        geometry = geometry_of(self.image)
+        lr = self.image[0].detach().cpu().numpy()
+        fit = self.inferer.render_grid(model, geometry, TargetGrid(geometry.shape, geometry.affine)).numpy()
+        return comparison_figure(
+            path, {"input": lr, "fit at input voxels": fit}, reference_key="input",
+            hr_affine=np.asarray(geometry.affine), title="fitted field vs its input (mid slices)",
+        )

@@ -1,0 +1,188 @@
+"""The ``cunerf`` command line: help texts (arguments and units) and a tiny fit → render → slices chain.
+
+Commands run in-process through ``cunerf_monai.cli.main`` (the console script's entry point) to keep the suite
+fast; ``cunerf --help`` also runs as the installed script.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cunerf_monai.cli import main
+from cunerf_monai.geometry import rodrigues
+
+SHAPE = (12, 14, 10)
+SPACING = (1.5, 1.2, 3.0)
+TINY_OVERLAY = {
+    "epoch_length": 2,
+    "batch_size": 64,
+    "num_coarse": 4,
+    "num_fine": 4,
+    "num_coarse_eval": 4,
+    "num_fine_eval": 4,
+    "chunk_size": 2048,
+    "progress": False,
+}
+
+
+def _affine() -> np.ndarray:
+    aff = np.eye(4)
+    aff[:3, :3] = rodrigues((1.0, 2.0, 0.5), 20.0) @ np.diag(SPACING)
+    aff[:3, 3] = (-20.0, 10.0, 5.0)
+    return aff
+
+
+@pytest.fixture(scope="module")
+def tiny_nifti(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli_data") / "tiny.nii.gz"
+    i, j, k = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
+    vol = 100 + 80 * np.sin(i / 3.0) * np.cos(j / 4.0) + 10 * k
+    nib.save(nib.Nifti1Image(vol.astype(np.int16), _affine()), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_overlay(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli_cfg") / "tiny_fit.json"
+    path.write_text(json.dumps(TINY_OVERLAY))
+    return path
+
+
+def _help(argv: list[str], capsys) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    cap = capsys.readouterr()
+    return cap.out + cap.err  # fire prints some help pages on stdout, others on stderr
+
+
+HELP_WORDS = {
+    "fit": ["--input", "--out", "--config", "--iterations", "--batch_size", "--channel", "--seed", "NIfTI", "DICOM",
+            "NRRD"],
+    "render": ["MODEL_DIR", "--out", "--scale", "--spacing", "--reference", "--normalized", "mm"],
+    "slices": ["MODEL_DIR", "--out", "--axis", "--angles", "--asteps", "--zpos", "--zoom", "--plane", "--size",
+               "degrees", "mm"],
+    "evaluate": ["--hr", "--out", "--scale", "--slice_axis", "--degradation", "--config", "--iterations",
+                 "--channel", "nearest", "box", "gaussian"],
+}
+
+
+@pytest.mark.parametrize("command", list(HELP_WORDS))
+def test_command_help(command, capsys):
+    text = _help([command, "--help"], capsys)
+    assert f"cunerf {command}" in text
+    missing = [w for w in HELP_WORDS[command] if w not in text]
+    assert not missing, f"`cunerf {command} --help` does not mention {missing}:\n{text}"
+
+
+def _flag_help(text: str, flag: str) -> str:
+    """The help block of one flag (from ``--flag=VALUE`` to the next flag)."""
+    assert f"{flag}=" in text, text
+    return text.split(f"{flag}=", 1)[1].split("\n    -", 1)[0]
+
+
+@pytest.mark.parametrize(
+    "command, flag, unit",
+    [("slices", "--angles", "degree"), ("slices", "--asteps", "degree"), ("slices", "--zpos", "mm"),
+     ("render", "--spacing", "mm")],
+)
+def test_units_are_documented(command, flag, unit, capsys):
+    block = _flag_help(_help([command, "--help"], capsys), flag)
+    assert unit in block, f"{flag} of `cunerf {command}` has no unit:\n{block}"
+
+
+def test_console_script_help():
+    res = subprocess.run(["cunerf", "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "cunerf" in res.stdout + res.stderr and "super-resolution" in res.stdout + res.stderr
+
+
+@pytest.mark.xfail(
+    reason="fire.Fire(Commands) shows the class's help without its commands; cli.main should pass Commands() "
+    "(see report)",
+    strict=False,
+)
+def test_top_level_help_lists_the_commands(capsys):
+    text = _help(["--help"], capsys)
+    assert "COMMAND" in text
+    for command in ("fit", "render", "slices", "evaluate"):
+        assert f"\n     {command}\n" in text, text
+
+
+def test_fit_render_slices_chain(tiny_nifti, tiny_overlay, tmp_path, capsys):
+    model = tmp_path / "model"
+    main(["fit", "--input", str(tiny_nifti), "--out", str(model), "--config", str(tiny_overlay), "--iterations", "2"])
+    assert sorted(p.name for p in model.iterdir() if p.is_file()) == ["fit.json", "model.pt"]
+    info = json.loads((model / "fit.json").read_text())
+    assert info["input"] == str(tiny_nifti)
+    assert info["overlays"] == [str(tiny_overlay.resolve())]
+    assert info["overrides"]["num_iterations"] == 2
+    ckpt = torch.load(model / "model.pt", map_location="cpu", weights_only=False)
+    assert ckpt["trainer"]["iteration"] == 2
+    assert ckpt["volume"]["geometry"]["shape"] == list(SHAPE)
+
+    sr_path = tmp_path / "out" / "sr_x2.nii.gz"
+    capsys.readouterr()
+    main(["render", str(model), "--out", str(sr_path), "--scale", "2"])
+    assert "[24, 28, 20]" in capsys.readouterr().out
+    sr = nib.load(str(sr_path))
+    assert sr.shape == (24, 28, 20)
+    np.testing.assert_allclose(np.linalg.norm(sr.affine[:3, :3], axis=0), np.asarray(SPACING) / 2, atol=1e-5)
+    # input voxel i sits at output voxel 2i: same world position
+    idx = np.array([[0, 0, 0], [11, 13, 9], [3, 7, 2]], dtype=np.float64)
+    lr = _affine()
+    np.testing.assert_allclose(
+        (2 * idx) @ sr.affine[:3, :3].T + sr.affine[:3, 3], idx @ lr[:3, :3].T + lr[:3, 3], atol=1e-4
+    )
+    data = np.asarray(sr.dataobj)
+    vol = np.asarray(nib.load(str(tiny_nifti)).dataobj)
+    assert np.isfinite(data).all() and vol.min() - 1e-3 <= data.min() and data.max() <= vol.max() + 1e-3
+    assert sorted(p.name for p in sr_path.parent.iterdir()) == ["sr_x2.nii.gz"]  # no temporary files left
+
+    out = tmp_path / "slices"
+    main(["slices", str(model), "--out", str(out), "--asteps", "180"])
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["slice_axial_angle0000.0.png", "slice_axial_angle0180.0.png", "sweep.gif"]
+    # default size: the axial field of view (12 x 1.5 mm by 14 x 1.2 mm) at the finest spacing (1.2 mm)
+    h, w = int(np.ceil(12 * 1.5 / 1.2)), int(np.ceil(14 * 1.2 / 1.2 - 1e-6))
+    for name in names[:2]:
+        with Image.open(out / name) as png:
+            assert png.mode == "L" and png.size == (h, w)  # u (H) across, v (W) upwards
+    with Image.open(out / "sweep.gif") as gif:
+        assert gif.n_frames == 2 and gif.size == (h, w)
+
+
+@pytest.mark.xfail(
+    reason="train.json runs max(1, num_iterations // epoch_length) epochs of epoch_length (250) iterations, so "
+    "`cunerf fit --iterations 2` trains 250 iterations (see report)",
+    strict=False,
+)
+def test_fit_iterations_is_the_number_of_training_iterations(tiny_nifti, tmp_path, monkeypatch):
+    """What ``cunerf fit --iterations N`` configures, checked without training (the fit itself is stubbed)."""
+    import cunerf_monai.fitting as fitting
+    from monai.bundle import ConfigParser
+
+    seen = {}
+
+    def fake_fit(image_path, output_dir, overrides=None, config_files=None):
+        seen.update(files=list(config_files), overrides=dict(overrides or {}))
+        raise RuntimeError("stop after configuration")
+
+    monkeypatch.setattr(fitting, "fit", fake_fit)
+    with pytest.raises(SystemExit):
+        main(["fit", "--input", str(tiny_nifti), "--out", str(tmp_path / "m"), "--iterations", "2"])
+    parser = ConfigParser()
+    parser.read_config(seen["files"])
+    parser.update(seen["overrides"])
+    epochs = parser.get_parsed_content("train#trainer#max_epochs")
+    length = parser.get_parsed_content("train#trainer#epoch_length")
+    assert epochs * length == 2, f"{epochs} epochs x {length} iterations"
