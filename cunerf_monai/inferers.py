@@ -146,6 +146,11 @@ class CuNeRFInferer(Inferer):
         self.chunk_size = int(chunk_size)
         self.progress = bool(progress)
 
+    def points_per_target(self, training: bool = True) -> int:
+        """Field evaluations per target: the coarse pass, plus the fine pass on the union of coarse and fine."""
+        n_c, n_f = (self.num_coarse, self.num_fine) if training else (self.num_coarse_eval, self.num_fine_eval)
+        return n_c + (n_c + n_f if n_f > 0 else 0)
+
     # ------------------------------------------------------------------------------------------------------
     # the algorithm, for one batch of targets
     # ------------------------------------------------------------------------------------------------------

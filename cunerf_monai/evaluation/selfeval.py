@@ -110,8 +110,7 @@ def self_evaluate(
     budget = {
         "iterations": int(settings.get_parsed_content("num_iterations")),
         "batch_size": int(settings.get_parsed_content("batch_size")),
-        "points_per_iteration": int(settings.get_parsed_content("batch_size"))
-        * (fitted.inferer.num_coarse + fitted.inferer.num_coarse + fitted.inferer.num_fine),
+        "points_per_iteration": int(settings.get_parsed_content("batch_size")) * fitted.inferer.points_per_target(),
         "fit_seconds": round(fitted.seconds, 1),
         "render_seconds": round(render_seconds, 1),
     }

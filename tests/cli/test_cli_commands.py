@@ -100,6 +100,16 @@ def test_units_are_documented(command, flag, unit, capsys):
     assert unit in block, f"{flag} of `cunerf {command}` has no unit:\n{block}"
 
 
+@pytest.mark.xfail(
+    reason="fire's docstring parser reads the continuation line '(default: the embedded ...)' of fit's `input` as "
+    "another argument and drops it; reword in cli.py (see report)",
+    strict=False,
+)
+def test_fit_input_help_is_complete(capsys):
+    block = _flag_help(_help(["fit", "--help"], capsys), "--input")
+    assert "Colin27" in block, block
+
+
 def test_console_script_help():
     res = subprocess.run(["cunerf", "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

@@ -1,0 +1,131 @@
+"""Throughput of each field: training points per second (forward + backward + optimiser step, through the inferer)
+and rendering voxels per second, on the machine it runs on.
+
+    python benchmarks/throughput.py [--iterations 10] [--out benchmarks/results/throughput.md]
+
+Fields are built from the bundle's own configs (the default ``train.json`` field and the paper's MLP from the
+``train_paper.json`` overlay) with each config's own sample counts, on a Colin27-sized geometry. A point is one field
+evaluation; a training iteration evaluates ``B · (N_c + N_c + N_f)`` points (coarse pass, then the fine pass on the
+union of coarse and fine samples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cunerf_monai.evaluation.selfeval import machine_description  # noqa: E402
+
+CONFIGS = ROOT / "bundle" / "configs"
+
+
+def build(overlays: list[str], shape=(181, 217, 181), batch_size: int | None = None):
+    """Network, inferer, optimizer and a training batch from the bundle config (+ overlays) for a volume shape."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), *[str(CONFIGS / o) for o in overlays]])
+    image = MetaTensor(torch.rand(1, *shape), affine=torch.eye(4))
+    image.meta["intensity_range"] = [0.0, 1.0]
+    parser["train"]["image"] = "$@_bench_image"
+    parser["_bench_image"] = image
+    parser["device"] = "$torch.device('cpu')"
+    if batch_size is not None:
+        parser["batch_size"] = batch_size
+    network = parser.get_parsed_content("network")
+    inferer = parser.get_parsed_content("inferer")
+    optimizer = parser.get_parsed_content("optimizer")
+    dataset = parser.get_parsed_content("train#dataset")
+    return network, inferer, optimizer, dataset, parser
+
+
+def train_rate(network, inferer, optimizer, dataset, iterations: int, loss_fn) -> dict:
+    """Training points/s over ``iterations`` steps after one warm-up step."""
+    gen = torch.Generator().manual_seed(0)
+    per_target = inferer.points_per_target(training=True)
+
+    def step():
+        b = dataset.sample(gen)
+        pred = inferer(b["centre"], network, half_extent=b["half_extent"], generator=gen)
+        loss = loss_fn(pred, b["target"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    network.train()
+    step()
+    start = time.perf_counter()
+    for _ in range(iterations):
+        step()
+    seconds = time.perf_counter() - start
+    points = iterations * dataset.batch_size * per_target
+    return {"points_per_second": points / seconds, "seconds_per_iteration": seconds / iterations,
+            "batch_size": dataset.batch_size, "points_per_target": per_target}
+
+
+def render_rate(network, inferer, n_targets: int) -> dict:
+    """Rendering voxels/s with the config's test-time sample counts."""
+    centres = torch.rand(n_targets, 3) * 1.8 - 0.9
+    half = torch.full((3,), 0.005)
+    inferer.render_points(network, centres[: min(1000, n_targets)], min(1000, n_targets), half)
+    start = time.perf_counter()
+    inferer.render_points(network, centres, n_targets, half)
+    seconds = time.perf_counter() - start
+    per_voxel = inferer.points_per_target(training=False)
+    return {"voxels_per_second": n_targets / seconds, "points_per_voxel": per_voxel,
+            "points_per_second": n_targets * per_voxel / seconds}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iterations", type=int, default=5, help="timed training iterations per field")
+    ap.add_argument("--render_voxels", type=int, default=200_000, help="voxels rendered per field")
+    ap.add_argument("--paper_batch", type=int, default=256, help="cubes per iteration for the paper MLP (its "
+                    "points/s hardly depends on it; 2048 cubes x 320 points takes minutes per step on a CPU)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput.md"))
+    args = ap.parse_args(argv)
+    from cunerf_monai.losses import AdaptiveRenderingLoss
+
+    rows = []
+    for name, overlays, batch in (("hash grid (train.json)", [], None), ("paper MLP (train_paper.json)",
+                                                                        ["train_paper.json"], args.paper_batch)):
+        network, inferer, optimizer, dataset, _ = build(overlays, batch_size=batch)
+        params = sum(p.numel() for p in network.parameters())
+        tr = train_rate(network, inferer, optimizer, dataset, args.iterations, AdaptiveRenderingLoss())
+        rr = render_rate(network, inferer, args.render_voxels if not overlays else args.render_voxels // 10)
+        rows.append({"field": name, "parameters": params, **{f"train_{k}": v for k, v in tr.items()},
+                     **{f"render_{k}": v for k, v in rr.items()}})
+        print(json.dumps(rows[-1]), flush=True)
+    base = rows[1]["train_points_per_second"]
+    lines = [
+        f"Machine: {machine_description()}",
+        "",
+        "| field | parameters | cubes/iter × points/cube | training points/s | s/iteration | render points/voxel |"
+        " render voxels/s | training speed vs paper MLP |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['field']} | {r['parameters']:,} | {r['train_batch_size']} × {r['train_points_per_target']} | "
+            f"{r['train_points_per_second']:,.0f} | {r['train_seconds_per_iteration']:.2f} | "
+            f"{r['render_points_per_voxel']} | {r['render_voxels_per_second']:,.0f} | "
+            f"{r['train_points_per_second'] / base:.1f}× |"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    (out.with_suffix(".json")).write_text(json.dumps(rows, indent=2))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
