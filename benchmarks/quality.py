@@ -7,10 +7,9 @@ baseline, the fit budget and the machine line.
 
 The forward model of the fit is matched to the degradation (``--forward-model matched``, the default):
 
-* ``box``: every LR voxel is rendered as the mean of the field over its footprint (cube of 1 LR voxel,
-  ``k³`` fixed midpoint samples, ``k`` = the largest factor, so for a ×k 3D box these are exactly the HR voxel
-  centres); HR voxels are rendered at their centres (3D) or as the mean over their footprint (slice axis:
-  the training cube is isotropic, so the in-plane box it assumes must be applied again in-plane);
+* ``box``: every LR voxel is rendered as the mean of the field over its footprint along the degraded axes
+  (a point along the others), with ``k³`` fixed midpoint samples (``k`` = the largest factor: for a ×k 3D box
+  these are exactly the HR voxel centres); HR voxels are rendered at their centres;
 * ``nearest``: every LR voxel is a point (1 sample at its centre); HR voxels at their centres.
 
 ``--forward-model config`` keeps whatever the config files say.
@@ -18,7 +17,7 @@ The forward model of the fit is matched to the degradation (``--forward-model ma
 Examples::
 
     python benchmarks/quality.py --volumes colin27 --scales 2 --modes 3d --degradations box
-    python benchmarks/quality.py --overlay bundle/configs/experiments/consistent_spline.json --iterations 300
+    python benchmarks/quality.py --overlay bundle/configs/fields/hashgrid.json --iterations 300
 """
 
 from __future__ import annotations
@@ -39,24 +38,29 @@ DEFAULT_VOLUMES = {
 }
 # slice axis of each volume (the thick / through-plane axis), for the slice-axis ("volumetric") mode
 SLICE_AXIS = {"colin27": 2, "chest_ct": 2}
-DEFAULT_OVERLAY = ROOT / "bundle" / "configs" / "experiments" / "consistent_spline.json"
+DEFAULT_OVERLAY = ""  # the bundle's default train.json
 POINTS_PER_ITERATION = 262144  # field evaluations per training step (batch = this / samples per cube)
 
 
 def matched_overrides(degradation: str, factors: tuple[int, int, int], slice_mode: bool) -> dict:
-    """Config overrides that make the fit's forward model the degradation's (see the module docstring)."""
+    """Config overrides that make the fit's forward model the degradation's (see the module docstring).
+
+    ``box``: the cube is the LR voxel's footprint along the degraded axes and a point along the others
+    (``cube_size`` per axis), with ``k³`` midpoint samples; ``nearest``: one centre sample. HR voxels are read at
+    their centres.
+    """
     if degradation == "box":
         k = max(factors)
         samples = k**3
-        render = 8 if slice_mode else 1
+        cube = [1.0 if f > 1 else 1e-3 for f in factors]
     else:
-        samples, render = 1, 1
+        samples, cube = 1, [1.0, 1.0, 1.0]
     return {
         "num_coarse": samples,
         "num_fine": 0,
-        "num_coarse_eval": render,
+        "num_coarse_eval": 1,
         "num_fine_eval": 0,
-        "cube_size": 1.0,
+        "cube_size": cube,
         "batch_size": max(256, POINTS_PER_ITERATION // samples),
     }
 

@@ -53,7 +53,7 @@ def _inference_workflow(model_dir: str, **overrides: Any):
     mdir = Path(model_dir)
     ckpt = mdir / "model.pt" if mdir.is_dir() else mdir
     fit_info = mdir / "fit.json"
-    overlays = json.loads(fit_info.read_text()).get("overlays", []) if fit_info.is_file() else []
+    overlays = json.loads(fit_info.read_text(encoding="utf-8")).get("overlays", []) if fit_info.is_file() else []
     files = [str(Path(bundle_root()) / "configs" / "inference.json"), *overlays]
     wf = ConfigWorkflow(config_file=files, workflow_type="inference", checkpoint=str(ckpt), **overrides)
     wf.initialize()
@@ -80,8 +80,8 @@ class Commands:
         """Fit a model to one volume and write OUT/model.pt and OUT/fit.json.
 
         Args:
-            input: the low-resolution volume: a NIfTI file (.nii/.nii.gz), a DICOM series folder or an NRRD file
-                (default: the embedded Colin27 sample).
+            input: the low-resolution volume: a NIfTI file (.nii/.nii.gz), a DICOM series folder or an NRRD file;
+                the embedded Colin27 sample when omitted.
             out: model directory to create.
             config: optional config overlay(s) (a path or a name in bundle/configs/, e.g. train_paper.json);
                 comma-separated for several.
@@ -235,7 +235,7 @@ class Commands:
             hr or sample_volume_path(), out, _floats(scale, "scale"), slice_axis, degradation, overrides,
             train_config_files(_overlays(config)), channel,
         )
-        print((Path(out) / "table.md").read_text())
+        print((Path(out) / "table.md").read_text(encoding="utf-8"))
         return {"margin_psnr_db": metrics["margin_psnr_db"], "best_aligned_baseline": metrics["best_aligned_baseline"]}
 
 
@@ -255,12 +255,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point (``cunerf``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        fire.Fire(Commands, command=list(argv) if argv is not None else None, name="cunerf")
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        root = exc
-        while root.__cause__ is not None:
-            root = root.__cause__
-        print(f"cunerf: error: {root}", file=sys.stderr)
+        fire.Fire(Commands(), command=list(argv) if argv is not None else None, name="cunerf")
+    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
+        # MONAI wraps config errors in RuntimeError("Failed to evaluate ..."): report the outermost project error
+        # (ValueError / FileNotFoundError, which names the file and the problem), not the innermost cause
+        shown = exc
+        while not isinstance(shown, (ValueError, FileNotFoundError, FloatingPointError)) and shown.__cause__:
+            shown = shown.__cause__
+        print(f"cunerf: error: {shown}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -47,7 +47,8 @@ class RandomCubeDataset(IterableDataset):
     Args:
         image: channel-first normalised LR volume ``(1, X, Y, Z)`` (a MetaTensor carries the affine).
         batch_size: cubes per batch (paper: 2048).
-        cube_size: cube edge in LR voxels (paper default 1: the LR voxel's footprint).
+        cube_size: cube edge in LR voxels (paper default 1: the LR voxel's footprint), one value or one per
+            axis (e.g. ``(ε, ε, 1)`` for thick slices whose in-plane voxels are point-like).
         padding: field padding ``P`` in LR voxels (Eq. 7).
         seed: base seed of the random stream.
     """
@@ -56,7 +57,7 @@ class RandomCubeDataset(IterableDataset):
         self,
         image: torch.Tensor,
         batch_size: int = 2048,
-        cube_size: float = 1.0,
+        cube_size: float | Sequence[float] = 1.0,
         padding: float | Sequence[float] = 1.0,
         seed: int = 0,
     ) -> None:
@@ -64,14 +65,15 @@ class RandomCubeDataset(IterableDataset):
         check_volume(image, "training image")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
-        if not cube_size > 0:
-            raise ValueError(f"cube_size must be positive (LR voxels), got {cube_size}.")
+        cube = np.broadcast_to(np.asarray(cube_size, dtype=np.float64).reshape(-1), (3,))
+        if not np.all(np.isfinite(cube)) or np.any(cube <= 0):
+            raise ValueError(f"cube_size must be positive (LR voxels), one value or one per axis, got {cube_size}.")
         self.geometry = geometry_of(image, padding)
         self.values = convert_to_tensor(image, track_meta=False, dtype=torch.float32).reshape(-1).contiguous()
         self.batch_size = int(batch_size)
-        self.cube_size = float(cube_size)
+        self.cube_size = tuple(float(v) for v in cube)
         self.seed = int(seed)
-        self.half_extent = torch.as_tensor(self.geometry.field_per_voxel * self.cube_size / 2.0, dtype=torch.float32)
+        self.half_extent = torch.as_tensor(self.geometry.field_per_voxel * cube / 2.0, dtype=torch.float32)
         shape = torch.tensor(self.geometry.shape)
         self._strides = torch.tensor([shape[1] * shape[2], shape[2], 1])
         self._dims = shape

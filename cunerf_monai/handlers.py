@@ -38,7 +38,10 @@ class RandomStates:
 
         import numpy as np
 
-        return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        numpy_state = [name, torch.as_tensor(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+        # only tensors and plain Python values, so `torch.load(weights_only=True)` can read the checkpoint
+        return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         import random
@@ -46,8 +49,9 @@ class RandomStates:
         import numpy as np
 
         torch.set_rng_state(state["torch"])
-        np.random.set_state(state["numpy"])
-        random.setstate(state["python"])
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(tuple(state["python"]))
 
 
 class AtomicCheckpoints:

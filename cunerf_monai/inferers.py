@@ -21,7 +21,7 @@ from . import rendering, sampling
 from .geometry import ObliquePlane, TargetGrid, VolumeGeometry, voxel_footprint_in_index
 from .sampling import CUBE_MODES
 
-__all__ = ["CuNeRFInferer", "CubeSamples", "field_device"]
+__all__ = ["CuNeRFInferer", "CubeSamples", "field_device", "unwrap_network"]
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid,
@@ -29,6 +29,31 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softplus": F.softplus,
     "identity": lambda x: x,
 }
+
+
+_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+
+
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel``/``DataParallel`` wrapper (the network itself otherwise)."""
+    return network.module if isinstance(network, _WRAPPERS) else network
+
+
+def _fields(network: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """The coarse and fine fields of ``network`` as functions of points ``(..., 3)``.
+
+    A wrapped model (DDP) is called through the wrapper's ``forward`` with the field and the points layout as
+    keywords: DDP synchronises the gradients of parameters used through its ``forward`` only.
+    """
+    if isinstance(network, _WRAPPERS):
+        inner = network.module
+        if hasattr(inner, "coarse") and hasattr(inner, "fine_field"):
+            return (
+                lambda points: network(points, field="coarse", channel_dim=-1),
+                lambda points: network(points, field="fine", channel_dim=-1),
+            )
+        return network, network
+    return getattr(network, "coarse", network), getattr(network, "fine_field", network)
 
 
 def field_device(network: nn.Module) -> torch.device:
@@ -171,8 +196,9 @@ class CuNeRFInferer(Inferer):
 
         Args:
             inputs: target centres in field coordinates ``(B, 3)``.
-            network: a :class:`~cunerf_monai.networks.CuNeRFModel` (``.coarse`` and ``.fine_field``) or a
-                single field used for both passes.
+            network: a :class:`~cunerf_monai.networks.CuNeRFModel` (``.coarse`` and ``.fine_field``), one
+                wrapped in ``DistributedDataParallel`` (then both passes go through the wrapper's ``forward``
+                so that DDP synchronises the gradients of both fields), or a single field used for both passes.
             half_extent: cube half-size in field units per axis, ``(3,)`` or ``(B, 3)``.
             generator: random stream for the samples (default: torch's global one).
 
@@ -257,8 +283,7 @@ class CuNeRFInferer(Inferer):
             raise ValueError(f"Target centres must have shape (B, 3), got {tuple(centres.shape)}.")
         batch = centres.shape[0]
         half = torch.as_tensor(half_extent, dtype=centres.dtype, device=centres.device).expand(batch, 3)
-        coarse_field = getattr(network, "coarse", network)
-        fine_field = getattr(network, "fine_field", network)
+        coarse_field, fine_field = _fields(network)
         coarse = self._draw_coarse(batch, num_coarse, deterministic, generator, centres.device)
         value_c, weights_c = self._shade(coarse_field, centres, half, coarse)
         out = {"coarse": value_c}
@@ -293,6 +318,7 @@ class CuNeRFInferer(Inferer):
         Returns:
             rendered values ``(M,)`` (the fine pass when there is one), float32 on the CPU.
         """
+        network = unwrap_network(network)  # no DDP collectives when only some ranks render
         device = field_device(network)
         out = torch.empty(num_targets, dtype=torch.float32)
         starts = range(0, num_targets, self.chunk_size)

@@ -97,7 +97,7 @@ def target_grid(
         return grid_for_scale(record.geometry, scale)
     if spacing is not None:
         return grid_for_spacing(record.geometry, spacing)
-    ref = load_volume(reference) if reference is not None else None
+    ref = load_volume(reference, validate=False) if reference is not None else None
     geo = geometry_of(ref)
     return TargetGrid(geo.shape, geo.affine)
 
@@ -119,7 +119,8 @@ def render_volume(
         record: the fitted volume's record (geometry, intensity range).
         output: output path (``.nii`` or ``.nii.gz``).
         grid: output grid, e.g. from :func:`target_grid`.
-        original_range: map intensities back to the input's range (else keep ``[0, 1]``).
+        original_range: map intensities back to the input's range (else keep ``[0, 1]``). Either way values are
+            clipped to the input's range (a deconvolving field can overshoot near edges).
         max_voxels: refuse larger outputs before allocating anything.
     """
     if grid.num_voxels > max_voxels:
@@ -129,7 +130,7 @@ def render_volume(
         )
     if not str(output).endswith((".nii", ".nii.gz")):
         raise ValueError(f"The output must be a NIfTI file name (.nii or .nii.gz), got {output}.")
-    values = inferer.render_grid(network, record.geometry, grid)
+    values = inferer.render_grid(network, record.geometry, grid).clamp_(0.0, 1.0)  # the input's range
     if original_range:
         values = denormalize_intensity(values, record.intensity_range)
     return save_nifti(output, values, grid.affine)

@@ -11,7 +11,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_python_snippet_runs(capsys):
-    text = README.read_text()
+    text = README.read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert blocks, "the README has no Python snippet"
     namespace: dict = {}
@@ -27,9 +27,9 @@ def test_readme_python_snippet_runs(capsys):
 
 
 def test_readme_starts_with_the_two_commands():
-    lines = README.read_text().splitlines()
+    lines = README.read_text(encoding="utf-8").splitlines()
     block = lines[lines.index("```bash") + 1 : lines.index("```bash") + 3]
     assert "monai.bundle run training" in block[0] and "bundle/configs/train.json" in block[0]
     assert "pytest" in block[1]
-    ci = (README.parent / ".ci" / "run").read_text()
+    ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert "pip install -q -e \".[test]\"" in ci and "pytest -q -p no:cacheprovider tests" in ci

@@ -134,7 +134,7 @@ def self_evaluate(
     _write_json(out / "metrics.json", metrics)
     table = format_table({(f"{k} (misaligned)" if k == MISALIGNED_KEY else k): v for k, v in results.items()})
     with atomic_path(out / "table.md") as tmp:
-        Path(tmp).write_text(table + "\n")
+        Path(tmp).write_text(table + "\n", encoding="utf-8")
     comparison_figure(
         out / "figure.png",
         {"HR": hr_np, best: predictions[best], OURS: sr_np},

@@ -5,8 +5,10 @@ from .encodings import PositionalEncoding
 from .hashgrid import HashGridEncoding, HashGridField, hashgrid_level_resolutions
 from .mlp import PositionalMLPField
 from .prior import BSplineVolume, ResidualField
+from .splinegrid import BSplineGridField
 
 __all__ = [
+    "BSplineGridField",
     "BSplineVolume",
     "ResidualField",
     "CuNeRFModel",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -16,6 +18,11 @@ class CuNeRFModel(nn.Module):
     when there is no fine field) on coordinates laid out with channels at ``channel_dim`` — by default MONAI's
     channel-first ``(B, 3, *S) → (B, 2, *S)`` — so the pair stands wherever MONAI expects one network
     (checkpoints, TorchScript export, the bundle's ``verify_net_in_out``).
+
+    ``forward(x, field="coarse", channel_dim=-1)`` selects the field and the layout per call. A wrapper such as
+    :class:`torch.nn.parallel.DistributedDataParallel` only synchronises the gradients of parameters used
+    through its own ``forward``, so the inferer reaches both fields of a wrapped model this way
+    (``network(points, field="coarse", channel_dim=-1)``) instead of through ``.coarse``/``.fine_field``.
 
     Args:
         coarse: the coarse field.
@@ -46,11 +53,25 @@ class CuNeRFModel(nn.Module):
         """The field used for the hierarchical (fine) pass."""
         return self.fine if self.has_fine else self.coarse
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw outputs of the fine field for coordinates ``x`` (layout set by ``channel_dim``)."""
-        if self.channel_dim == 1:
+    def forward(self, x: torch.Tensor, field: str = "fine", channel_dim: Optional[int] = None) -> torch.Tensor:
+        """Raw outputs of one field for coordinates ``x``.
+
+        Args:
+            x: coordinates with 3 channels at ``channel_dim``.
+            field: ``"fine"`` (the fine pass's field, :attr:`fine_field`) or ``"coarse"``.
+            channel_dim: ``1`` (channel-first grids) or ``-1`` (points ``(..., 3)``); ``None`` uses the model's.
+        """
+        if field not in ("fine", "coarse"):
+            raise ValueError(f"field must be 'fine' or 'coarse', got {field!r}.")
+        layout = self.channel_dim if channel_dim is None else channel_dim
+        if layout not in (-1, 1):
+            raise ValueError(f"channel_dim must be 1 (channel-first) or -1 (points), got {layout}.")
+        if layout == 1:
             x = torch.movedim(x, 1, -1)
-        y = self.fine(x) if self.has_fine else self.coarse(x)
-        if self.channel_dim == 1:
+        if field == "coarse" or not self.has_fine:
+            y = self.coarse(x)
+        else:
+            y = self.fine(x)
+        if layout == 1:
             y = torch.movedim(y, -1, 1)
         return y

@@ -110,7 +110,8 @@ class BSplineGridField(nn.Module):
         Differentiable; without gradients the result is cached until the samples change.
         """
         key = (self.samples._version, self.samples.data_ptr(), self.samples.device, self.samples.dtype)
-        if not torch.is_grad_enabled() and self._cache is not None and self._cache[0] == key:
+        use_cache = not torch.is_grad_enabled() and not torch.jit.is_tracing()
+        if use_cache and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         k = (self.taps.numel() - 1) // 2
         c = F.pad(self.samples[None, None], (self.margin + k,) * 6, mode="replicate")
@@ -120,7 +121,7 @@ class BSplineGridField(nn.Module):
             length = c.shape[axis] - 2 * k
             c = sum(taps[j] * c.narrow(axis, j, length) for j in range(2 * k + 1))
         c = c[None, None]
-        if not torch.is_grad_enabled():
+        if use_cache:
             self._cache = (key, c.detach())
         return c
 

@@ -16,7 +16,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = str(ROOT / "bundle" / "configs" / "train.json")
-ARGS = ["--num_iterations", "24", "--epoch_length", "4", "--batch_size", "64", "--num_coarse", "4", "--num_fine", "4",
+ARGS = ["--num_iterations", "24", "--epoch_length", "4", "--batch_size", "64", "--num_coarse", "8", "--num_fine", "0",
         "--progress", "False"]
 
 
@@ -123,7 +123,7 @@ def test_mlflow_tracking_logs_metrics_params_images_and_model(volume, tmp_path):
     run = runs[0]
     assert {"train_loss", "val_psnr", "lr_group_0"} <= set(run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 24
-    assert run.data.params["field"] == "hashgrid" and run.data.params["num_iterations"] == "24"
+    assert run.data.params["field"] == "bspline_grid" and run.data.params["num_iterations"] == "24"
     images = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
     assert {"images/result_slices.png", "images/val_psnr.png"} <= images
     assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/last.pt"]

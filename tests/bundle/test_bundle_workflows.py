@@ -23,8 +23,8 @@ TINY = {
     "num_iterations": 4,
     "epoch_length": 2,
     "batch_size": 64,
-    "num_coarse": 4,
-    "num_fine": 4,
+    "num_coarse": 8,
+    "num_fine": 0,
     "chunk_size": 512,
     "progress": False,
 }

@@ -31,8 +31,8 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 TINY_OVERLAY = {
     "epoch_length": 2,
     "batch_size": 64,
-    "num_coarse": 4,
-    "num_fine": 4,
+    "num_coarse": 8,
+    "num_fine": 0,
     "num_coarse_eval": 4,
     "num_fine_eval": 4,
     "chunk_size": 2048,
