@@ -238,6 +238,43 @@ class Commands:
         print((Path(out) / "table.md").read_text(encoding="utf-8"))
         return {"margin_psnr_db": metrics["margin_psnr_db"], "best_aligned_baseline": metrics["best_aligned_baseline"]}
 
+    def batch(
+        self,
+        inputs: Any,
+        out: str = "cunerf_batch",
+        scale: Any = 2,
+        iterations: int | None = None,
+        batch_size: int | None = None,
+        config: Any = None,
+        seed: int = 0,
+    ) -> dict:
+        """Fit and super-resolve many volumes, one fit per volume. Writes OUT/<name>/sr.nii.gz, model.pt and
+        fit.json (so `cunerf render OUT/<name>` works), OUT/summary.json and OUT/summary.md. A volume that fails is
+        reported and the others go on. To share the volumes over W processes (rank r takes volumes r, r+W, …):
+        torchrun --standalone --nproc_per_node=W -m cunerf_monai.batch --inputs DIR --out OUT.
+
+        Args:
+            inputs: a folder of volumes (NIfTI/NRRD files, DICOM sub-folders), a .txt list (one path per line), or
+                comma-separated volumes.
+            out: output folder.
+            scale: output scale: one number or three (per axis) like 2,2,4.
+            iterations: training iterations per volume (default: the config's).
+            batch_size: target cubes per iteration (default: the config's).
+            config: optional training config overlay(s), comma-separated.
+            seed: random seed of every fit.
+        Returns:
+            the number of volumes that succeeded and failed.
+        """
+        from .batch import run_batch
+
+        records = run_batch(
+            _as_list(inputs) or [], out, _floats(scale, "scale"), iterations, batch_size, _as_list(config), seed
+        )
+        if records is None:  # a rank other than 0 (rank 0 writes and prints the summary)
+            return {}
+        print((Path(out) / "summary.md").read_text())
+        return {"ok": sum(r["status"] == "ok" for r in records), "failed": sum(r["status"] != "ok" for r in records)}
+
 
 def _floats(value: Any, name: str) -> list[float] | float | None:
     """Parse one number or a comma-separated / list of numbers."""

@@ -8,6 +8,8 @@ of bounded memory and with a deterministic test-time sampling.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -39,7 +41,10 @@ def unwrap_network(network: nn.Module) -> nn.Module:
     return network.module if isinstance(network, _WRAPPERS) else network
 
 
-def _fields(network: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+FieldFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _fields(network: nn.Module) -> tuple[FieldFn, FieldFn]:
     """The coarse and fine fields of ``network`` as functions of points ``(..., 3)``.
 
     A wrapped model (DDP) is called through the wrapper's ``forward`` with the field and the points layout as
@@ -154,6 +159,10 @@ class CuNeRFInferer(Inferer):
             raise ValueError(f"cube_sampling must be one of {CUBE_MODES}, got {cube_sampling!r}.")
         if eval_cube_sampling not in ("qmc", "grid"):
             raise ValueError(f"eval_cube_sampling must be 'qmc' or 'grid', got {eval_cube_sampling!r}.")
+        for name, mode, n in (("cube_sampling", cube_sampling, num_coarse), ("eval_cube_sampling", eval_cube_sampling,
+                                                                               num_coarse_eval)):
+            if mode == "grid" and round(n ** (1.0 / 3.0)) ** 3 != n:
+                raise ValueError(f"{name}='grid' needs a perfect-cube sample count (1, 8, 27, 64 …), got {n}.")
         if render_cube_size is not None and not render_cube_size > 0:
             raise ValueError(f"render_cube_size must be positive or None, got {render_cube_size}.")
         for name, act in (("intensity_activation", intensity_activation), ("density_activation", density_activation)):
@@ -170,6 +179,15 @@ class CuNeRFInferer(Inferer):
         self.intensity_activation, self.density_activation = intensity_activation, density_activation
         self.chunk_size = int(chunk_size)
         self.progress = bool(progress)
+
+    def with_training_forward_model(self) -> "CuNeRFInferer":
+        """A copy that renders (in eval mode) with the training sample counts and a deterministic version of the
+        training cube sampling: validation then measures how well the fit reproduces its input voxels."""
+        twin = copy.copy(self)
+        twin.num_coarse_eval, twin.num_fine_eval = self.num_coarse, self.num_fine
+        twin.eval_cube_sampling = "grid" if self.cube_sampling == "grid" else "qmc"
+        twin.progress = False
+        return twin
 
     def points_per_target(self, training: bool = True) -> int:
         """Field evaluations per target: the coarse pass, plus the fine pass on the union of coarse and fine."""

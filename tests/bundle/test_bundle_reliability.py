@@ -102,10 +102,10 @@ def test_resume_refuses_a_run_of_another_volume(volume, reference_run, tmp_path)
 
 
 def test_non_finite_loss_stops_with_clear_message(volume, tmp_path):
+    # a step of 1e30 (plain SGD on the spline samples) sends the field to infinity within two iterations
     res = subprocess.run(_train_cmd(volume, tmp_path, "--learning_rate", "1e30", "--lr_final", "1e30"), env=_env(),
                          capture_output=True, text=True, timeout=900)
-    if res.returncode == 0:  # the hash-grid field survived: nothing to guard here
-        pytest.skip("no non-finite loss occurred")
+    assert res.returncode != 0
     assert "The loss became" in res.stderr + res.stdout
     assert not (tmp_path / "checkpoints" / "model.pt").exists()
 
