@@ -18,7 +18,7 @@ from cunerf_monai.geometry import rodrigues
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundle" / "configs"
-SCHEMA = ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
+SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"  # MONAI model-zoo schema, kept offline
 TINY = {
     "num_iterations": 4,
     "epoch_length": 2,
