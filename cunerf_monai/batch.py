@@ -214,7 +214,7 @@ def run_batch(
         rank, world_size: this process's share; default ``RANK``/``WORLD_SIZE`` from ``torchrun`` (0 and 1).
         timeout_hours: how long ranks wait for each other at the final gather.
     """
-    from .fitting import train_config_files
+    from .fitting import fit_overrides, train_config_files
 
     env_rank, env_world, local_rank = _rank_env()
     rank = env_rank if rank is None else int(rank)
@@ -226,15 +226,7 @@ def run_batch(
         raise ValueError("The many-volume job runs one single-process fit per volume; do not pass the DDP overlay "
                          "multi_gpu_train.json (use torchrun on this module to share volumes over processes).")
     config_files = train_config_files(overlays)
-    overrides: dict[str, Any] = {"seed": int(seed), "progress": False}
-    if iterations is not None:
-        if int(iterations) < 1:
-            raise ValueError(f"iterations must be a positive integer, got {iterations}.")
-        overrides["num_iterations"] = int(iterations)
-    if batch_size is not None:
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
-        overrides["batch_size"] = int(batch_size)
+    overrides = fit_overrides(seed, iterations, batch_size, progress=False)
     if torch.cuda.is_available():
         overrides["device"] = f"$torch.device('cuda:{local_rank % torch.cuda.device_count()}')"
 

@@ -92,19 +92,11 @@ class Commands:
         Returns:
             the checkpoint path.
         """
-        from .fitting import fit, train_config_files
+        from .fitting import fit, fit_overrides, train_config_files
 
         source = input or sample_volume_path()
         overlays = _overlays(config)
-        overrides: dict[str, Any] = {"seed": int(seed), "channel": channel}
-        if iterations is not None:
-            if int(iterations) < 1:
-                raise ValueError(f"iterations must be a positive integer, got {iterations}.")
-            overrides["num_iterations"] = int(iterations)
-        if batch_size is not None:
-            if int(batch_size) < 1:
-                raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
-            overrides["batch_size"] = int(batch_size)
+        overrides = fit_overrides(seed, iterations, batch_size, channel=channel)
         mdir = Path(out)
         result = fit(source, mdir / "run", overrides, train_config_files(overlays))
         with atomic_path(mdir / "model.pt") as tmp:

@@ -14,7 +14,7 @@ from .inferers import CuNeRFInferer
 from .records import VolumeRecord
 from .utils import bundle_root
 
-__all__ = ["FitResult", "fit", "train_config_files"]
+__all__ = ["FitResult", "fit", "fit_overrides", "train_config_files"]
 
 
 @dataclass
@@ -48,6 +48,21 @@ def train_config_files(extra: Sequence[str] | str | None = None) -> list[str]:
         p = Path(f)
         files.append(str(p if p.is_file() else configs / p))
     return files
+
+
+def fit_overrides(
+    seed: int = 0, iterations: int | None = None, batch_size: int | None = None, **extra: Any
+) -> dict[str, Any]:
+    """Training-config overrides from command-line style settings, checked (positive integers)."""
+    overrides: dict[str, Any] = {"seed": int(seed), **extra}
+    for key, value in (("num_iterations", iterations), ("batch_size", batch_size)):
+        if value is None:
+            continue
+        if int(value) < 1 or int(value) != float(value):
+            name = "iterations" if key == "num_iterations" else key
+            raise ValueError(f"{name} must be a positive integer, got {value}.")
+        overrides[key] = int(value)
+    return overrides
 
 
 def fit(

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
+from .arrays import as_volume
+
 __all__ = [
     "BASELINES",
     "MISALIGNED_KEY",
@@ -61,20 +63,8 @@ _CHUNK_VOXELS = 1 << 21
 
 
 def _as_volume(x, name: str) -> np.ndarray:
-    """Convert ``x`` (numpy array, torch tensor, MetaTensor) to a 3D numpy array ``(X, Y, Z)``.
-
-    Args:
-        x: array-like of shape ``(X, Y, Z)`` or ``(1, X, Y, Z)`` (a leading singleton channel is dropped).
-        name: argument name used in error messages.
-    """
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x)
-    if x.ndim == 4 and x.shape[0] == 1:
-        x = x[0]
-    if x.ndim != 3:
-        raise ValueError(f"{name} must be a 3D volume (X, Y, Z) (or (1, X, Y, Z)), got shape {x.shape}.")
-    return x
+    """See :func:`cunerf_monai.evaluation.arrays.as_volume`."""
+    return as_volume(x, name)
 
 
 def _as_affine(a, name: str) -> np.ndarray:

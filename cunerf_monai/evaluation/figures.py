@@ -26,6 +26,8 @@ from matplotlib.figure import Figure
 from .baselines import resample_to_grid
 from .metrics import PLANE_AXES
 
+from .arrays import as_volume
+
 __all__ = ["comparison_figure", "plot_curve", "take_slice", "slice_psnr", "MAX_IMAGE_COLUMNS"]
 
 #: soft limit on the number of image columns (LR + methods + reference) of :func:`comparison_figure`.
@@ -33,14 +35,8 @@ MAX_IMAGE_COLUMNS = 6
 
 
 def _vol(x, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x)
-    if x.ndim == 4 and x.shape[0] == 1:
-        x = x[0]
-    if x.ndim != 3:
-        raise ValueError(f"{name} must be a 3D volume (X, Y, Z), got shape {x.shape}.")
-    return x.astype(np.float32, copy=False)
+    """A float32 3D volume ``(X, Y, Z)`` (see :func:`cunerf_monai.evaluation.arrays.as_volume`)."""
+    return as_volume(x, name, np.float32)
 
 
 def take_slice(vol: np.ndarray, plane: str, index: int) -> np.ndarray:

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from .arrays import as_volume
+
 __all__ = [
     "PLANE_AXES",
     "SCORE_KEYS",
@@ -54,21 +56,8 @@ _SLAB_VOXELS = 1 << 21
 
 
 def _to_numpy(x, name: str, dtype=np.float32) -> np.ndarray:
-    """Convert a volume to a numpy array ``(X, Y, Z)``.
-
-    Args:
-        x: numpy array / torch tensor ``(X, Y, Z)`` or ``(1, X, Y, Z)``.
-        name: argument name for error messages.
-        dtype: output dtype.
-    """
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x)
-    if x.ndim == 4 and x.shape[0] == 1:
-        x = x[0]
-    if x.ndim != 3:
-        raise ValueError(f"{name} must be a 3D volume (X, Y, Z), got shape {x.shape}.")
-    return x.astype(dtype, copy=False)
+    """A 3D volume ``(X, Y, Z)`` of ``dtype`` (see :func:`cunerf_monai.evaluation.arrays.as_volume`)."""
+    return as_volume(x, name, dtype)
 
 
 def _check_pair(pred, target, mask=None):
