@@ -63,9 +63,12 @@ class RandomCubeDataset(IterableDataset):
     ) -> None:
         super().__init__()
         check_volume(image, "training image")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}.")
-        cube = np.broadcast_to(np.asarray(cube_size, dtype=np.float64).reshape(-1), (3,))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r} ({type(batch_size).__name__}).")
+        try:
+            cube = np.broadcast_to(np.asarray(cube_size, dtype=np.float64).reshape(-1), (3,))
+        except (TypeError, ValueError):
+            raise ValueError(f"cube_size must be one number or three (LR voxels), got {cube_size!r}.") from None
         if not np.all(np.isfinite(cube)) or np.any(cube <= 0):
             raise ValueError(f"cube_size must be positive (LR voxels), one value or one per axis, got {cube_size}.")
         self.geometry = geometry_of(image, padding)

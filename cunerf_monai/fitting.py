@@ -14,7 +14,7 @@ from .inferers import CuNeRFInferer
 from .records import VolumeRecord
 from .utils import bundle_root
 
-__all__ = ["FitResult", "fit", "fit_overrides", "train_config_files"]
+__all__ = ["FitResult", "check_settings", "fit", "fit_overrides", "train_config_files"]
 
 
 @dataclass
@@ -48,6 +48,35 @@ def train_config_files(extra: Sequence[str] | str | None = None) -> list[str]:
         p = Path(f)
         files.append(str(p if p.is_file() else configs / p))
     return files
+
+
+def check_settings(**settings: Any) -> bool:
+    """Check the training config's scalar settings before anything is built, naming any of wrong type or range.
+
+    Integers (``num_iterations``, ``epoch_length``, ``batch_size``, ``num_coarse``, ``num_fine``, ``seed``…) must be
+    whole numbers (``num_fine`` and ``seed`` may be 0, the others positive); ``cube_size`` is one positive number or
+    three; ``learning_rate``-like values are positive numbers. Returns ``True`` (for use in a config expression).
+    """
+    import numpy as np
+
+    non_negative = {"num_fine", "num_fine_eval", "seed"}
+    for name, value in settings.items():
+        if name == "cube_size":
+            try:
+                cube = np.asarray(value, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError):
+                raise ValueError(f"cube_size must be one number or three (LR voxels), got {value!r}.") from None
+            if cube.size not in (1, 3) or not np.all(np.isfinite(cube)) or np.any(cube <= 0):
+                raise ValueError(f"cube_size must be one positive number or three (LR voxels), got {value!r}.")
+        elif name in ("learning_rate", "lr_final"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}.")
+        else:
+            low = 0 if name in non_negative else 1
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                kind = "a non-negative" if low == 0 else "a positive"
+                raise ValueError(f"{name} must be {kind} integer, got {value!r} ({type(value).__name__}).")
+    return True
 
 
 def fit_overrides(

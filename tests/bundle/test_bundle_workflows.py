@@ -164,3 +164,23 @@ def test_model_zoo_checks(trained, tmp_path):
     scripted = torch.jit.load(str(ts))
     x = torch.rand(1, 3, 5, 6, 7) * 2 - 1
     assert tuple(scripted(x).shape) == (1, 2, 5, 6, 7)
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [({"batch_size": "many"}, "batch_size must be a positive integer"),
+     ({"batch_size": 12.5}, "batch_size must be a positive integer"),
+     ({"cube_size": "big"}, "cube_size must be one number or three")],
+)
+def test_config_override_of_wrong_type_is_named(tiny_volume, tmp_path, override, words):
+    wf = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train", input_image=str(tiny_volume),
+                        output_dir=str(tmp_path), **{**TINY, **override})
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+        wf.run()
+    chain, exc = [], info.value
+    while exc is not None:
+        chain.append(str(exc))
+        exc = exc.__cause__
+    assert any(words in m for m in chain), chain
+    assert not (tmp_path / "checkpoints" / "model.pt").exists()
