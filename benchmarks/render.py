@@ -1,7 +1,7 @@
 """Rendering speed and peak memory: a fitted model rendered to NIfTI at a scale or an explicit output shape.
 
     python benchmarks/render.py                                  # the shipped model, x2 (362 x 434 x 362)
-    python benchmarks/render.py --shape 512 512 256              # the memory bound of the reliability issue
+    python benchmarks/render.py --shape 512 512 256              # peak memory of a 512 x 512 x 256 output
     python benchmarks/render.py --checkpoint runs/x/checkpoints/model.pt --chunk_size 65536
 
 Each case runs in a fresh process so the peak resident memory (``ru_maxrss``) belongs to it alone. Results are
