@@ -21,7 +21,7 @@ from torch import nn
 
 from . import rendering, sampling
 from .geometry import ObliquePlane, TargetGrid, VolumeGeometry, voxel_footprint_in_index
-from .sampling import CUBE_MODES
+from .sampling import CUBE_MODES, NORMS
 
 __all__ = ["CuNeRFInferer", "CubeSamples", "field_device", "unwrap_network"]
 
@@ -153,8 +153,8 @@ class CuNeRFInferer(Inferer):
             raise ValueError(f"sampling must be 'cube' or 'ray', got {sampling!r}.")
         if weighting not in ("isotropic", "uniform"):
             raise ValueError(f"weighting must be 'isotropic' or 'uniform', got {weighting!r}.")
-        if norm not in sampling_norms():
-            raise ValueError(f"norm must be one of {sampling_norms()}, got {norm!r}.")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
         if cube_sampling not in CUBE_MODES:
             raise ValueError(f"cube_sampling must be one of {CUBE_MODES}, got {cube_sampling!r}.")
         if eval_cube_sampling not in ("qmc", "grid"):
@@ -409,8 +409,3 @@ class CuNeRFInferer(Inferer):
         inside = np.all((index >= -0.5) & (index <= shape - 0.5), axis=-1).reshape(-1)
         values[~torch.as_tensor(inside)] = float(outside_value)
         return values.reshape(plane.shape)
-
-
-def sampling_norms() -> tuple[str, ...]:
-    """Distance norms the isotropic renderer accepts."""
-    return sampling.NORMS

@@ -107,10 +107,11 @@ def self_evaluate(
     aligned = [k for k in results if k not in (OURS, MISALIGNED_KEY)]
     best = max(aligned, key=lambda k: results[k]["psnr"])
     settings = fitted.workflow.parser
+    batch_size = int(settings.get_parsed_content("batch_size"))
     budget = {
         "iterations": int(settings.get_parsed_content("num_iterations")),
-        "batch_size": int(settings.get_parsed_content("batch_size")),
-        "points_per_iteration": int(settings.get_parsed_content("batch_size")) * fitted.inferer.points_per_target(),
+        "batch_size": batch_size,
+        "points_per_iteration": batch_size * fitted.inferer.points_per_target(),
         "fit_seconds": round(fitted.seconds, 1),
         "render_seconds": round(render_seconds, 1),
     }
