@@ -8,16 +8,21 @@ baseline, the fit budget and the machine line.
 The forward model of the fit is matched to the degradation (``--forward-model matched``, the default):
 
 * ``box``: every LR voxel is rendered as the mean of the field over its footprint along the degraded axes
-  (a point along the others), with ``k³`` fixed midpoint samples (``k`` = the largest factor: for a ×k 3D box
-  these are exactly the HR voxel centres); HR voxels are rendered at their centres;
+  (a point along the others), with fixed midpoint samples on a ``factors`` sub-grid (for a ×k box these are
+  exactly the HR voxel centres inside the LR voxel: ``k³`` in 3D, ``k`` along the slice axis); HR voxels are
+  rendered at their centres;
 * ``nearest``: every LR voxel is a point (1 sample at its centre); HR voxels at their centres.
 
 ``--forward-model config`` keeps whatever the config files say.
 
 Examples::
 
-    python benchmarks/quality.py --volumes colin27 --scales 2 --modes 3d --degradations box
-    python benchmarks/quality.py --overlay bundle/configs/fields/hashgrid.json --iterations 300
+    python benchmarks/quality.py --volumes colin27 --scales 2 --modes 3d --degradations box --update-docs
+    python benchmarks/quality.py --overlay bundle/configs/fields/hashgrid.json --iterations 300 --suffix _hashgrid
+    python benchmarks/quality.py --docs-only   # rebuild quality.md and the docs table from the stored runs
+
+Every run keeps ``<name>.json`` (its row, with budget and machine), ``<name>.metrics.json`` and ``<name>.png`` in
+``--out``; ``quality.md`` and the docs table (runs of the default configuration only) list every stored run.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +38,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 DEFAULT_VOLUMES = {
     "colin27": "/work/shared/data/colin27/ch2.nii.gz",
     "chest_ct": "/work/shared/data/chest_ct/dicom",
@@ -42,52 +49,54 @@ DEFAULT_OVERLAY = ""  # the bundle's default train.json
 POINTS_PER_ITERATION = 262144  # field evaluations per training step (batch = this / samples per cube)
 
 
-def matched_overrides(degradation: str, factors: tuple[int, int, int], slice_mode: bool) -> dict:
+def matched_overrides(degradation: str, factors: tuple[int, int, int]) -> dict:
     """Config overrides that make the fit's forward model the degradation's (see the module docstring).
 
     ``box``: the cube is the LR voxel's footprint along the degraded axes and a point along the others
-    (``cube_size`` per axis), with ``k³`` midpoint samples; ``nearest``: one centre sample. HR voxels are read at
-    their centres.
+    (``cube_size`` per axis), sampled at the midpoints of a ``factors`` sub-grid (``grid_counts``: ``k`` samples
+    for a slice-axis ×k box, ``k³`` for a 3D one); ``nearest``: one centre sample. HR voxels are read at their
+    centres.
     """
     if degradation == "box":
-        k = max(factors)
-        samples = k**3
+        counts = [int(f) for f in factors]
+        samples = counts[0] * counts[1] * counts[2]
         cube = [1.0 if f > 1 else 1e-3 for f in factors]
     else:
-        samples, cube = 1, [1.0, 1.0, 1.0]
+        counts, samples, cube = None, 1, [1.0, 1.0, 1.0]
     return {
         "num_coarse": samples,
         "num_fine": 0,
         "num_coarse_eval": 1,
         "num_fine_eval": 0,
         "cube_size": cube,
+        "cube_sampling": "grid",
+        "grid_counts": counts,
         "batch_size": max(256, POINTS_PER_ITERATION // samples),
     }
 
 
 def run(args: argparse.Namespace) -> Path:
-    from cunerf_monai.evaluation.selfeval import machine_description, self_evaluate
+    from cunerf_monai.evaluation.selfeval import self_evaluate
     from cunerf_monai.transforms.array import degradation_factors
 
     torch.set_num_threads(args.threads)
-    out_root = Path(args.out)
+    out_root, work_root = Path(args.out), Path(args.work)
     out_root.mkdir(parents=True, exist_ok=True)
     paths = dict(DEFAULT_VOLUMES)
     paths["colin27"], paths["chest_ct"] = args.colin27, args.chest_ct
     config_files = [str(ROOT / "bundle" / "configs" / "train.json")]
     if args.overlay:
         config_files.append(str(Path(args.overlay).resolve()))
-    rows = []
     for volume in args.volumes:
         for scale in args.scales:
             for mode in args.modes:
                 for degradation in args.degradations:
                     slice_axis = SLICE_AXIS[volume] if mode == "slice" else None
                     factors = degradation_factors(scale, slice_axis)
-                    name = f"{volume}_x{scale}_{mode}_{degradation}"
+                    name = f"{volume}_x{scale}_{mode}_{degradation}{args.suffix}"
                     overrides: dict = {}
                     if args.forward_model == "matched":
-                        overrides.update(matched_overrides(degradation, factors, mode == "slice"))
+                        overrides.update(matched_overrides(degradation, factors))
                     if args.iterations is not None:
                         overrides["num_iterations"] = args.iterations
                         overrides["epoch_length"] = max(1, args.iterations // max(1, args.validations))
@@ -96,7 +105,7 @@ def run(args: argparse.Namespace) -> Path:
                     start = time.perf_counter()
                     m = self_evaluate(
                         paths[volume],
-                        out_root / name,
+                        work_root / name,
                         scale=scale,
                         slice_axis=slice_axis,
                         degradation=degradation,
@@ -104,37 +113,72 @@ def run(args: argparse.Namespace) -> Path:
                         config_files=config_files,
                         save_volumes=args.save_volumes,
                     )
-                    total = time.perf_counter() - start
-                    res, best = m["results"], m["best_aligned_baseline"]
-                    rows.append(
-                        {
-                            "name": name,
-                            "volume": volume,
-                            "factors": m["factors"],
-                            "degradation": degradation,
-                            "ours_psnr": res["cunerf"]["psnr"],
-                            "ours_ssim": res["cunerf"]["ssim"],
-                            "best": best,
-                            "best_psnr": res[best]["psnr"],
-                            "best_ssim": res[best]["ssim"],
-                            "margin_psnr": m["margin_psnr_db"],
-                            "margin_ssim": m["margin_ssim"],
-                            "budget": m["budget"],
-                            "total_seconds": round(total, 1),
-                        }
-                    )
-                    write_table(out_root, rows, config_files, overrides_note=args.overrides)
+                    row = result_row(name, volume, degradation, m, time.perf_counter() - start)
+                    row["configs"] = [Path(c).name for c in config_files]
+                    row["overrides"] = overrides
+                    store_run(out_root, work_root / name, row, m)
+                    write_table(out_root)
+                    if args.update_docs:
+                        update_docs(out_root)
     return out_root / "quality.md"
 
 
-def write_table(out_root: Path, rows: list[dict], config_files: list[str], overrides_note: str | None) -> None:
+def result_row(name: str, volume: str, degradation: str, m: dict, total: float) -> dict:
+    """One table row from a self-evaluation's metrics."""
+    res, best = m["results"], m["best_aligned_baseline"]
+    return {
+        "name": name,
+        "volume": volume,
+        "factors": m["factors"],
+        "degradation": degradation,
+        "ours_psnr": res["cunerf"]["psnr"],
+        "ours_ssim": res["cunerf"]["ssim"],
+        "best": best,
+        "best_psnr": res[best]["psnr"],
+        "best_ssim": res[best]["ssim"],
+        "margin_psnr": m["margin_psnr_db"],
+        "margin_ssim": m["margin_ssim"],
+        "misaligned_psnr": res.get("bicubic_misaligned", {}).get("psnr"),
+        "budget": m["budget"],
+        "total_seconds": round(total, 1),
+        "machine": m.get("machine"),
+    }
+
+
+def store_run(out_root: Path, work: Path, row: dict, metrics: dict) -> None:
+    """Keep a run's result files in the results folder: ``<name>.json`` (the row), ``<name>.metrics.json`` and
+    ``<name>.png`` (the comparison figure)."""
+    name = row["name"]
+    (out_root / f"{name}.json").write_text(json.dumps([row], indent=2))
+    (out_root / f"{name}.metrics.json").write_text(json.dumps(metrics, indent=2))
+    if (work / "figure.png").exists():
+        shutil.copyfile(work / "figure.png", out_root / f"{name}.png")
+
+
+def stored_rows(out_root: Path) -> list[dict]:
+    """Every stored run's row, ordered by volume, mode, scale and degradation."""
+    rows = []
+    for f in sorted(out_root.glob("*.json")):
+        if f.name.endswith(".metrics.json") or f.name == "quality.json":
+            continue
+        rows.extend(json.loads(f.read_text()))
+
+    def key(r: dict) -> tuple:
+        slice_mode = len(set(r["factors"])) > 1
+        return (r["volume"], slice_mode, max(r["factors"]), r["degradation"], r["name"])
+
+    return sorted(rows, key=key)
+
+
+def write_table(out_root: Path) -> None:
+    """``quality.md`` / ``quality.json``: every stored run, with its budget."""
     from cunerf_monai.evaluation.selfeval import machine_description
 
+    rows = stored_rows(out_root)
     lines = [
         "# Quality: fitted field vs the best aligned baseline",
         "",
         f"Machine: {machine_description()}",
-        f"Configs: {', '.join(Path(c).name for c in config_files)}" + (f"; overrides {overrides_note}" if overrides_note else ""),
         "",
         "| run | factors | degradation | ours PSNR | ours SSIM | best baseline | its PSNR | its SSIM | ΔPSNR (dB) | ΔSSIM "
         "| iterations | batch | fit (s) | render (s) | points/s |",
@@ -152,6 +196,38 @@ def write_table(out_root: Path, rows: list[dict], config_files: list[str], overr
     (out_root / "quality.json").write_text(json.dumps(rows, indent=2))
 
 
+BASELINE_NAMES = {"bspline": "B-spline", "keys": "Keys cubic", "trilinear": "trilinear", "nearest": "nearest"}
+
+
+def docs_table(out_root: Path) -> str:
+    """The Performance table of ``bundle/docs/README.md``, from the stored runs of the default configuration."""
+    lines = [
+        "| volume | degradation | ours PSNR / SSIM | best aligned baseline | ΔPSNR | ΔSSIM | misaligned bicubic "
+        "| budget (iterations × points, fit, render) |",
+        "|---|---|---|---|---:|---:|---:|---|",
+    ]
+    for r in stored_rows(out_root):
+        if r.get("configs", ["train.json"]) != ["train.json"]:
+            continue
+        f, b = r["factors"], r["budget"]
+        where = f"×{max(f)} 3D" if len(set(f)) == 1 else f"×{max(f)} slice axis {f.index(max(f))}"
+        mis = f"{r['misaligned_psnr']:.2f}" if r.get("misaligned_psnr") is not None else "—"
+        lines.append(
+            f"| {r['volume']} | {r['degradation']} {where} | {r['ours_psnr']:.2f} / {r['ours_ssim']:.4f} "
+            f"| {BASELINE_NAMES.get(r['best'], r['best'])} {r['best_psnr']:.2f} / {r['best_ssim']:.4f} "
+            f"| {r['margin_psnr']:+.2f} | {r['margin_ssim']:+.4f} | {mis} "
+            f"| {b['iterations']} × {b['points_per_iteration']:,}, {b['fit_seconds']:.0f} s, {b['render_seconds']:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+def update_docs(out_root: Path, readme: Path = ROOT / "bundle" / "docs" / "README.md") -> None:
+    """Replace the block between ``<!-- quality:begin -->`` and ``<!-- quality:end -->`` in the bundle docs."""
+    from docs_block import replace_block
+
+    replace_block(readme, "quality", docs_table(out_root))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--volumes", nargs="+", default=["colin27", "chest_ct"], choices=sorted(DEFAULT_VOLUMES))
@@ -167,10 +243,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chest-ct", dest="chest_ct", default=DEFAULT_VOLUMES["chest_ct"], help="chest CT DICOM folder")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-volumes", action="store_true", help="also write lr/sr NIfTI volumes per run")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality"), help="results folder")
+    p.add_argument("--work", default=str(ROOT / "runs" / "quality"), help="working folder (fits, volumes)")
+    p.add_argument("--suffix", default="", help="appended to run names (e.g. '_hashgrid' for an overlay)")
+    p.add_argument("--update-docs", dest="update_docs", action="store_true",
+                   help="rewrite the Performance table of bundle/docs/README.md from the stored runs")
+    p.add_argument("--docs-only", dest="docs_only", action="store_true",
+                   help="only rewrite quality.md and the docs table from the stored runs (no fitting)")
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    print(run(parse_args()))
+    arguments = parse_args()
+    if arguments.docs_only:
+        write_table(Path(arguments.out))
+        update_docs(Path(arguments.out))
+    else:
+        print(run(arguments))

@@ -9,9 +9,10 @@ of bounded memory and with a deterministic test-time sampling.
 from __future__ import annotations
 
 import copy
+import math
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -94,6 +95,9 @@ class CubeSamples:
         return CubeSamples(offsets, torch.cat([self.r, other.r], 1), self.direction).sorted()
 
 
+WEIGHTINGS = ("isotropic", "volume", "uniform")
+
+
 class CuNeRFInferer(Inferer):
     """Renders target voxels as cubes (or rays) through a :class:`~cunerf_monai.networks.CuNeRFModel`.
 
@@ -103,13 +107,19 @@ class CuNeRFInferer(Inferer):
         num_coarse_eval: coarse samples per target when rendering (paper: 8).
         num_fine_eval: fine samples per target when rendering (paper: 8).
         sampling: ``"cube"`` (CuNeRF) or ``"ray"`` (the NeRF-style baseline of Table 3).
-        weighting: ``"isotropic"`` (Eq. 11) or ``"uniform"`` (plain cube mean, a box filter).
+        weighting: ``"isotropic"`` (Eq. 11), ``"volume"`` (NeRF alpha compositing, Eq. 4, of the samples in order of
+            their distance from the target: cube sampling without isotropic rendering, the "+ cube sampling" row of
+            Table 3) or ``"uniform"`` (plain cube mean, a box filter). Ray sampling composites along the ray with
+            either density weighting.
         norm: distance for the isotropic renderer, ``"l2"`` (paper default) or ``"linf"``.
         normalize_weights: make the weights sum to one (bounded output, see :mod:`cunerf_monai.rendering`).
         cube_sampling: training cube samples: random ``"stratified"`` or ``"uniform"`` (the paper), or the fixed
             ``"grid"`` (midpoint rule: with ``k³`` points in an LR voxel of a ×k box degradation these are exactly
             the HR voxel centres) or ``"qmc"``.
         eval_cube_sampling: rendering cube samples, ``"qmc"`` or ``"grid"`` (both deterministic).
+        grid_counts: ticks per axis of the ``"grid"`` sampling, e.g. ``(2, 2, 1)`` for an LR voxel that averages a ×2
+            footprint in-plane and is a point through-plane (``k`` samples instead of ``k³`` for a slice-axis box
+            degradation); used whenever a ``"grid"`` pass has ``prod(grid_counts)`` samples. ``None``: ``k×k×k``.
         render_cube_size: cube edge when rendering, in LR voxels, or ``None`` for the footprint of the
             rendered voxel (an HR voxel at ×2 covers half an LR voxel per axis).
         intensity_activation: ``"sigmoid"`` (paper) or ``"identity"``.
@@ -140,6 +150,7 @@ class CuNeRFInferer(Inferer):
         normalize_weights: bool = True,
         cube_sampling: str = "stratified",
         eval_cube_sampling: str = "qmc",
+        grid_counts: Sequence[int] | None = None,
         render_cube_size: float | None = None,
         intensity_activation: str = "sigmoid",
         density_activation: str = "relu",
@@ -151,18 +162,26 @@ class CuNeRFInferer(Inferer):
             raise ValueError("Sample counts must be positive (fine counts may be 0).")
         if sampling not in ("cube", "ray"):
             raise ValueError(f"sampling must be 'cube' or 'ray', got {sampling!r}.")
-        if weighting not in ("isotropic", "uniform"):
-            raise ValueError(f"weighting must be 'isotropic' or 'uniform', got {weighting!r}.")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
         if cube_sampling not in CUBE_MODES:
             raise ValueError(f"cube_sampling must be one of {CUBE_MODES}, got {cube_sampling!r}.")
         if eval_cube_sampling not in ("qmc", "grid"):
             raise ValueError(f"eval_cube_sampling must be 'qmc' or 'grid', got {eval_cube_sampling!r}.")
+        if grid_counts is not None:
+            grid_counts = tuple(int(c) for c in grid_counts)
+            if len(grid_counts) != 3 or min(grid_counts) < 1:
+                raise ValueError(f"grid_counts must be three positive integers (ticks per axis), got {grid_counts}.")
         for name, mode, n in (("cube_sampling", cube_sampling, num_coarse), ("eval_cube_sampling", eval_cube_sampling,
                                                                                num_coarse_eval)):
-            if mode == "grid" and round(n ** (1.0 / 3.0)) ** 3 != n:
-                raise ValueError(f"{name}='grid' needs a perfect-cube sample count (1, 8, 27, 64 …), got {n}.")
+            per_axis = grid_counts is not None and math.prod(grid_counts) == n
+            if mode == "grid" and round(n ** (1.0 / 3.0)) ** 3 != n and not per_axis:
+                raise ValueError(
+                    f"{name}='grid' needs a perfect-cube sample count (1, 8, 27, 64 …) or grid_counts with product "
+                    f"{n}, got {n} (grid_counts={grid_counts})."
+                )
         if render_cube_size is not None and not render_cube_size > 0:
             raise ValueError(f"render_cube_size must be positive or None, got {render_cube_size}.")
         for name, act in (("intensity_activation", intensity_activation), ("density_activation", density_activation)):
@@ -175,6 +194,7 @@ class CuNeRFInferer(Inferer):
         self.sampling, self.weighting, self.norm = sampling, weighting, norm
         self.normalize_weights = bool(normalize_weights)
         self.cube_sampling, self.eval_cube_sampling = cube_sampling, eval_cube_sampling
+        self.grid_counts = grid_counts
         self.render_cube_size = render_cube_size
         self.intensity_activation, self.density_activation = intensity_activation, density_activation
         self.chunk_size = int(chunk_size)
@@ -243,7 +263,8 @@ class CuNeRFInferer(Inferer):
             offsets, t, direction = sampling.ray_offsets(batch, n, deterministic, generator, device)
             return CubeSamples(offsets, t + 1.0, direction)
         mode = self.eval_cube_sampling if deterministic else self.cube_sampling
-        offsets = sampling.cube_offsets(batch, n, mode, generator, device)
+        counts = self.grid_counts if self.grid_counts is not None and math.prod(self.grid_counts) == n else None
+        offsets = sampling.cube_offsets(batch, n, mode, generator, device, counts)
         return CubeSamples(offsets, sampling.distance(offsets, self.norm)).sorted()
 
     def _draw_fine(
@@ -277,7 +298,7 @@ class CuNeRFInferer(Inferer):
             weights = rendering.uniform_weights(samples.r)
         else:
             sigma = ACTIVATIONS[self.density_activation](raw[..., 1])
-            if self.sampling == "ray":
+            if self.sampling == "ray" or self.weighting == "volume":
                 weights = rendering.ray_weights(sigma, samples.r, self.normalize_weights)
             else:
                 weights = rendering.isotropic_weights(sigma, samples.r, self.normalize_weights)

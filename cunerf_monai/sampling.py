@@ -57,16 +57,28 @@ def stratified_cube_offsets(
     return (strata + jitter) / n * 2.0 - 1.0
 
 
-def grid_cube_offsets(n: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Deterministic evaluation samples: centres of a ``k×k×k`` sub-grid of the cube, ``k = round(n^(1/3))``.
+def grid_cube_offsets(
+    n: int, device: torch.device | str | None = None, counts: tuple[int, int, int] | None = None
+) -> torch.Tensor:
+    """Deterministic midpoint samples: centres of a sub-grid of the cube, ``(n, 3)``.
 
-    Returns ``(k^3, 3)``; ``n`` must be a perfect cube (1, 8, 27, 64, …).
+    Without ``counts`` the sub-grid is ``k×k×k`` with ``k = round(n^(1/3))`` (``n`` must be a perfect cube: 1, 8,
+    27, 64 …). With ``counts = (k0, k1, k2)`` (``n = k0·k1·k2``) it has ``k_a`` ticks along axis ``a``; an axis with
+    one tick is sampled at the centre only (a point along that axis), e.g. ``(2, 2, 1)`` for a voxel averaged over
+    a ×2 footprint in-plane and a point through-plane.
     """
-    k = int(round(n ** (1.0 / 3.0)))
-    if k**3 != n:
-        raise ValueError(f"A deterministic cube grid needs a perfect cube number of points (1, 8, 27, 64 …), got {n}.")
-    ticks = (torch.arange(k, dtype=torch.float32, device=device) + 0.5) / k * 2.0 - 1.0
-    grid = torch.stack(torch.meshgrid(ticks, ticks, ticks, indexing="ij"), dim=-1)
+    if counts is None:
+        k = int(round(n ** (1.0 / 3.0)))
+        if k**3 != n:
+            raise ValueError(
+                f"A deterministic cube grid needs a perfect cube number of points (1, 8, 27, 64 …), got {n}."
+            )
+        counts = (k, k, k)
+    counts = tuple(int(c) for c in counts)
+    if len(counts) != 3 or min(counts) < 1 or math.prod(counts) != n:
+        raise ValueError(f"Grid counts per axis must be three positive integers with product {n}, got {counts}.")
+    ticks = [(torch.arange(k, dtype=torch.float32, device=device) + 0.5) / k * 2.0 - 1.0 for k in counts]
+    grid = torch.stack(torch.meshgrid(*ticks, indexing="ij"), dim=-1)
     return grid.reshape(-1, 3)
 
 
@@ -94,15 +106,16 @@ def cube_offsets(
     mode: str = "stratified",
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    grid_counts: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """Cube samples ``(batch, n, 3)`` by ``mode``: random ``"uniform"`` or ``"stratified"``, or the deterministic
-    ``"qmc"`` (any ``n``) or ``"grid"`` (``n`` a perfect cube)."""
+    ``"qmc"`` (any ``n``) or ``"grid"`` (``n`` a perfect cube, or ``grid_counts`` per axis with product ``n``)."""
     if mode == "uniform":
         return uniform_cube_offsets(batch, n, generator, device)
     if mode == "stratified":
         return stratified_cube_offsets(batch, n, generator, device)
     if mode == "grid":
-        return grid_cube_offsets(n, device).unsqueeze(0).expand(batch, n, 3)
+        return grid_cube_offsets(n, device, grid_counts).unsqueeze(0).expand(batch, n, 3)
     if mode == "qmc":
         return qmc_cube_offsets(n, device).unsqueeze(0).expand(batch, n, 3)
     raise ValueError(f"cube sampling mode must be one of {CUBE_MODES}, got {mode!r}.")

@@ -255,6 +255,7 @@ def plot_curve(
     logy: bool = False,
     figsize: tuple[float, float] = (6.0, 4.0),
     dpi: int = 120,
+    hlines: Mapping[str, float] | None = None,
 ) -> str:
     """Line plot of one or more curves (e.g. PSNR vs iteration or wall time), written atomically as PNG.
 
@@ -269,6 +270,7 @@ def plot_curve(
         logy: logarithmic y axis.
         figsize: figure size in inches.
         dpi: output resolution.
+        hlines: ``{label: y}`` horizontal reference lines (e.g. a baseline's PSNR), dashed.
 
     Returns:
         ``path`` as a string.
@@ -282,6 +284,8 @@ def plot_curve(
             raise ValueError(f"curve {label!r}: {x.size} x values but {y.size} y values.")
         ok = np.isfinite(x) & np.isfinite(y)
         ax.plot(x[ok], y[ok], label=str(label), marker="o" if ok.sum() <= 30 else None, markersize=3)
+    for label, y in (hlines or {}).items():
+        ax.axhline(float(y), linestyle="--", color="0.4", linewidth=1.0, label=str(label))
     if logx:
         ax.set_xscale("log")
     if logy:
@@ -291,6 +295,6 @@ def plot_curve(
     if title:
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    if ys_by_label:
+    if ys_by_label or hlines:
         ax.legend(fontsize=8)
     return _atomic_savefig(fig, path, dpi)

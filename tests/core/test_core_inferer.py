@@ -167,6 +167,40 @@ class TestCubeRender(unittest.TestCase):
         expected = 0.2 + 0.5 * ((centres**2).sum(-1) + 0.25 * (half**2).sum(-1))
         torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
 
+    def test_per_axis_grid_counts(self):
+        # (2, 1, 1) ticks: offsets (±½, 0, 0) → only axis 0 averages: 0.2 + 0.5 (‖x0‖² + ¼ h_0²)
+        field = QuadraticField()
+        centres = torch.tensor([[0.1, -0.2, 0.3]])
+        half = torch.tensor([[0.3, 0.2, 0.1]])
+        inferer = CuNeRFInferer(num_coarse=2, num_fine=0, cube_sampling="grid", eval_cube_sampling="grid",
+                                grid_counts=(2, 1, 1), weighting="uniform")
+        for deterministic in (True, False):
+            out = inferer.render_targets(centres, field, half, 2, 0, deterministic=deterministic)["coarse"]
+            expected = 0.2 + 0.5 * ((centres**2).sum(-1) + 0.25 * half[:, 0] ** 2)
+            torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+        with self.assertRaises(ValueError):  # 2 samples without per-axis counts is not a grid
+            CuNeRFInferer(num_coarse=2, cube_sampling="grid")
+        with self.assertRaises(ValueError):
+            CuNeRFInferer(num_coarse=2, cube_sampling="grid", grid_counts=(2, 0, 1))
+
+    def test_volume_weighting_composites_outward(self):
+        # opaque samples: NeRF compositing in order of distance keeps only the nearest one, the 3×3×3 grid's centre
+        class Opaque(QuadraticField):
+            def forward(self, x):
+                raw = super().forward(x)
+                return torch.stack([raw[..., 0], torch.full_like(raw[..., 1], 1e4)], dim=-1)
+
+        centres = torch.tensor([[0.1, -0.2, 0.3], [0.4, 0.0, -0.5]])
+        half = torch.full((3,), 0.3)
+        volume = CuNeRFInferer(num_coarse=27, num_fine=0, weighting="volume", eval_cube_sampling="grid")
+        out = volume.render_targets(centres, Opaque(), half, 27, 0, deterministic=True)["coarse"]
+        torch.testing.assert_close(out, Opaque().value(centres), atol=1e-5, rtol=0)
+        # the box mean of the same cube is not the centre value (the quadratic field curves): ticks {0, ±2/3} give
+        # E[o_k²] = 8/27, so the mean is 0.2 + 0.5 (‖x0‖² + 3 · 0.09 · 8/27) = centre value + 0.04
+        box = CuNeRFInferer(num_coarse=27, num_fine=0, weighting="uniform", eval_cube_sampling="grid")
+        out_box = box.render_targets(centres, Opaque(), half, 27, 0, deterministic=True)["coarse"]
+        torch.testing.assert_close(out_box, Opaque().value(centres) + 0.04, atol=1e-5, rtol=0)
+
     def test_eval_mode_renders_deterministically(self):
         field = LinearField().eval()
         centres = torch.rand(10, 3) - 0.5

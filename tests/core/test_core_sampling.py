@@ -84,6 +84,18 @@ class TestCubeSamples(unittest.TestCase):
         with self.assertRaises(ValueError):
             sampling.grid_cube_offsets(10)
 
+    def test_grid_per_axis_counts(self):
+        # (4, 1, 2): x at ±0.25, ±0.75; y at the centre only; z at ±0.5
+        pts = sampling.grid_cube_offsets(8, counts=(4, 1, 2))
+        self.assertEqual(tuple(pts.shape), (8, 3))
+        self.assertEqual(sorted(set(pts[:, 0].tolist())), [-0.75, -0.25, 0.25, 0.75])
+        self.assertEqual(set(pts[:, 1].tolist()), {0.0})
+        self.assertEqual(sorted(set(pts[:, 2].tolist())), [-0.5, 0.5])
+        torch.testing.assert_close(pts.mean(0), torch.zeros(3))
+        torch.testing.assert_close(sampling.grid_cube_offsets(8, counts=(2, 2, 2)), sampling.grid_cube_offsets(8))
+        with self.assertRaises(ValueError):
+            sampling.grid_cube_offsets(8, counts=(2, 2, 1))
+
     @parameterized.expand([("n8", 8), ("n100", 100), ("n4096", 4096)])
     def test_qmc_offsets(self, _, n):
         pts = sampling.qmc_cube_offsets(n)

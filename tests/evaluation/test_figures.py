@@ -103,6 +103,12 @@ class TestFigures(unittest.TestCase):
         path2 = os.path.join(self.dir, "curve2.png")
         plot_curve(path2, {"a": [1, 2, 3], "b": [0.5, 1.0]}, {"a": [1, 2, np.nan], "b": [3, 4]}, "s", "dB", "")
         self._check_png(path2, min_w=400, min_h=300)
+        path3 = os.path.join(self.dir, "curve3.png")
+        plot_curve(path3, {"a": [1, 2, 3], "b": [0.5, 1.0]}, {"a": [1, 2, np.nan], "b": [3, 4]}, "s", "dB", "",
+                   hlines={"baseline": 2.5})
+        self._check_png(path3, min_w=400, min_h=300)
+        with open(path2, "rb") as a, open(path3, "rb") as b:
+            self.assertNotEqual(a.read(), b.read())  # the reference line is drawn
         with self.assertRaises(ValueError):
             plot_curve(path2, [1, 2], {"a": [1, 2, 3]}, "x", "y", "t")
 

@@ -1,0 +1,17 @@
+"""Write a benchmark's table into the docs between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` markers, so
+the numbers in the docs are always the ones a script produced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def replace_block(path: Path, name: str, text: str) -> None:
+    """Replace the text between the ``name`` markers of ``path`` with ``text`` (the markers must exist)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    doc = Path(path).read_text()
+    if begin not in doc or end not in doc:
+        raise ValueError(f"{path} has no {begin} … {end} block.")
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    Path(path).write_text(f"{head}{begin}\n{text.rstrip()}\n{end}{tail}")
