@@ -132,10 +132,11 @@ def run(args: argparse.Namespace) -> Path:
         overrides["num_iterations"] = args.iterations.get(name, 100000)
         overrides["epoch_length"] = max(1, min(overrides["num_iterations"], 250))
         if name != "spline":  # neural fields keep their own sample counts and batch (only the cube is matched)
-            for key in ("num_coarse", "num_fine", "batch_size", "cube_sampling", "grid_counts"):
-                overrides.pop(key)
-            if args.degradation == "nearest":
-                overrides.update({"num_coarse": 1, "num_fine": 0})
+            if args.degradation == "nearest":  # a point forward model: the voxel centre, more voxels per step
+                overrides.update({"num_coarse": 1, "num_fine": 0, "batch_size": 16384})
+            else:  # random samples of the footprint with the field's own counts
+                for key in ("num_coarse", "num_fine", "batch_size", "cube_sampling", "grid_counts"):
+                    overrides.pop(key)
         curves[name] = run_field(name, lr_path, hr, hr_affine, args, overrides)
         iterations[name] = overrides["num_iterations"]
         result = {"machine": machine_description(), "volume": args.volume, "degradation": args.degradation,
@@ -196,8 +197,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--degradation", default="nearest", choices=["nearest", "box"])
     p.add_argument("--fields", nargs="+", default=["spline", "hashgrid"], choices=sorted(FIELDS))
     p.add_argument("--minutes", type=float, default=10.0, help="training time per field")
-    p.add_argument("--iterations", type=json.loads, default={"hashgrid": 2000},
-                   help='scheduled iterations per field as JSON (the learning-rate decay spans them), e.g. {"hashgrid": 2000}')
+    p.add_argument("--iterations", type=json.loads, default={"hashgrid": 3000},
+                   help='scheduled iterations per field as JSON (the learning-rate decay spans them), e.g. {"hashgrid": 3000}')
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results/time_to_quality/<degradation>)")
     p.add_argument("--update-docs", dest="update_docs", action="store_true",

@@ -15,7 +15,7 @@ from ignite.handlers import Checkpoint, DiskSaver
 
 from .records import VolumeRecord
 
-__all__ = ["RandomStates", "TrackingExtras", "AtomicCheckpoints", "NonFiniteLossGuard", "ValidationCurve", "resume_training"]
+__all__ = ["RandomStates", "RunSettings", "TrackingExtras", "AtomicCheckpoints", "NonFiniteLossGuard", "ValidationCurve", "resume_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,38 @@ class RandomStates:
         random.setstate(tuple(state["python"]))
 
 
+class RunSettings:
+    """The settings that shape a fit (field, batch, learning rate, sampling, loss …) as a checkpointable object.
+
+    Checkpoints carry them, and :func:`resume_training` refuses to continue a run whose settings differ, so rerunning
+    into an old ``output_dir`` with new settings fails clearly instead of silently continuing the old experiment.
+    ``num_iterations`` is deliberately not a setting: a finished run can be extended.
+
+    Args:
+        settings: names and JSON-like values (numbers, strings, lists, ``None``).
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        import json
+
+        self.settings = json.loads(json.dumps(settings, default=str))
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.settings)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Nothing to restore: the comparison happens before loading (:meth:`differences`)."""
+
+    def differences(self, saved: Mapping[str, Any]) -> list[str]:
+        """``"name: saved → current"`` for every setting that differs from ``saved``."""
+        keys = sorted(set(self.settings) | set(saved))
+        return [
+            f"{k}: {saved.get(k, '(unset)')!r} → {self.settings.get(k, '(unset)')!r}"
+            for k in keys
+            if saved.get(k) != self.settings.get(k)
+        ]
+
+
 class AtomicCheckpoints:
     """Save ``to_save`` atomically (temporary file, then rename) as ``last.pt`` every ``every`` epochs and as
     ``model.pt`` when training completes. Only rank 0 writes under ``torch.distributed``.
@@ -83,7 +115,8 @@ def resume_training(save_dir: str, to_load: Mapping[str, Any], record: VolumeRec
     """Load ``save_dir/last.pt`` into ``to_load`` if it exists (iteration, optimizer, scheduler, random streams).
 
     Raises:
-        ValueError: the checkpoint belongs to a run on another volume (other shape, affine or range).
+        ValueError: the checkpoint belongs to a run on another volume (other shape, affine or range), or to a run
+            with other settings (when ``to_load`` has a :class:`RunSettings` under ``"settings"``).
     Returns:
         whether a checkpoint was loaded.
     """
@@ -97,10 +130,22 @@ def resume_training(save_dir: str, to_load: Mapping[str, Any], record: VolumeRec
             f"{path} belongs to a run on another volume ({theirs.get('source', '?')}); use another output_dir, "
             "or pass --resume False to start over."
         )
+    settings = to_load.get("settings")
+    if isinstance(settings, RunSettings) and "settings" in ckpt:
+        diffs = settings.differences(ckpt["settings"])
+        if diffs:
+            raise ValueError(
+                f"{path} belongs to a run with other settings ({'; '.join(diffs)}); use a new output_dir for a new "
+                "experiment, or pass --resume False to start this one over."
+            )
     model = to_load.get("model")
     if model is not None and "model" in ckpt:
         model.load_state_dict(ckpt["model"])  # wrapped networks (DDP) accept the plain keys here
+    trainer = to_load.get("trainer")
+    wanted_epochs = getattr(getattr(trainer, "state", None), "max_epochs", None)
     Checkpoint.load_objects({k: v for k, v in to_load.items() if k != "model" and k in ckpt}, ckpt)
+    if wanted_epochs is not None and wanted_epochs > trainer.state.epoch:
+        trainer.state.max_epochs = wanted_epochs  # a longer num_iterations extends the run
     logger.info(f"resumed from {path} at iteration {ckpt.get('trainer', {}).get('iteration', '?')}")
     return True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,23 @@ def test_resume_refuses_a_run_of_another_volume(volume, reference_run, tmp_path)
     res = subprocess.run(_train_cmd(str(other), reference_run), env=_env(), capture_output=True, text=True, timeout=900)
     assert res.returncode != 0
     assert "belongs to a run on another volume" in res.stderr + res.stdout
+
+
+def test_resume_refuses_other_settings_but_extends_iterations(volume, reference_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    res = subprocess.run(_train_cmd(volume, run, "--batch_size", "32"), env=_env(), capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode != 0
+    assert "belongs to a run with other settings (batch_size: 64 → 32;" in res.stderr + res.stdout
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before  # nothing touched
+    # more iterations is not another experiment: the finished run continues from iteration 24
+    res = subprocess.run(_train_cmd(volume, run, "--num_iterations", "28"), env=_env(), capture_output=True,
+                         text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from" in res.stdout + res.stderr
+    assert _iteration(run / "checkpoints" / "model.pt") == 28
 
 
 def test_non_finite_loss_stops_with_clear_message(volume, tmp_path):
