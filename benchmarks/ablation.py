@@ -19,7 +19,8 @@ iterations on a GPU), and written to ``benchmarks/results/ablation/ablation.md``
 
 Example::
 
-    python benchmarks/ablation.py --scale 2 --iterations 400 --crop 96
+    python benchmarks/ablation.py --scale 2 --iterations 400 --crop 96 --update-docs
+    python benchmarks/ablation.py --variants adaptive   # rerun one row; the others are kept from ablation.json
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def run(args: argparse.Namespace) -> Path:
         "chunk_size": 8192,
     }
     overrides.update(json.loads(args.overrides) if args.overrides else {})
-    rows = []
+    stored = out_root / "ablation.json"
+    rows = [r for r in (json.loads(stored.read_text()) if stored.exists() else []) if r["variant"] not in args.variants]
     for variant in args.variants:
         files = [str(configs / "train.json"), str(configs / "fields" / "hashgrid.json"),
                  str(configs / "ablation" / f"{variant}.json")]
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> Path:
                      "ssim": m["results"]["cunerf"]["ssim"], "best": m["best_aligned_baseline"],
                      "best_psnr": m["results"][m["best_aligned_baseline"]]["psnr"], "budget": m["budget"],
                      "seconds": round(time.perf_counter() - start, 1), "hr_shape": m["hr_shape"]})
+        rows.sort(key=lambda r: VARIANTS.index(r["variant"]))
         write_table(out_root, rows, args, machine_description())
     if args.update_docs:
         from docs_block import replace_block
