@@ -22,7 +22,7 @@ Examples::
     python benchmarks/quality.py --docs-only   # rebuild quality.md and the docs table from the stored runs
 
 Every run keeps ``<name>.json`` (its row, with budget and machine), ``<name>.metrics.json`` and ``<name>.png`` in
-``--out``; ``quality.md`` and the docs table (runs of the default configuration only) list every stored run.
+``--out``; ``quality.md`` and the docs table list every stored run (overlays named).
 """
 
 from __future__ import annotations
@@ -200,20 +200,23 @@ BASELINE_NAMES = {"bspline": "B-spline", "keys": "Keys cubic", "trilinear": "tri
 
 
 def docs_table(out_root: Path) -> str:
-    """The Performance table of ``bundle/docs/README.md``, from the stored runs of the default configuration."""
+    """The Performance table of ``bundle/docs/README.md``, from the stored runs (overlays other than the default
+    ``train.json`` are named in the first column)."""
     lines = [
         "| volume | degradation | ours PSNR / SSIM | best aligned baseline | ΔPSNR | ΔSSIM | misaligned bicubic "
         "| budget (iterations × points, fit, render) |",
         "|---|---|---|---|---:|---:|---:|---|",
     ]
-    for r in stored_rows(out_root):
-        if r.get("configs", ["train.json"]) != ["train.json"]:
-            continue
+    rows = stored_rows(out_root)
+    default = [r for r in rows if r.get("configs", ["train.json"]) == ["train.json"]]
+    for r in default + [r for r in rows if r not in default]:
+        overlays = [c for c in r.get("configs", ["train.json"]) if c != "train.json"]
+        volume = r["volume"] + (f" ({', '.join(overlays)})" if overlays else "")
         f, b = r["factors"], r["budget"]
         where = f"×{max(f)} 3D" if len(set(f)) == 1 else f"×{max(f)} slice axis {f.index(max(f))}"
         mis = f"{r['misaligned_psnr']:.2f}" if r.get("misaligned_psnr") is not None else "—"
         lines.append(
-            f"| {r['volume']} | {r['degradation']} {where} | {r['ours_psnr']:.2f} / {r['ours_ssim']:.4f} "
+            f"| {volume} | {r['degradation']} {where} | {r['ours_psnr']:.2f} / {r['ours_ssim']:.4f} "
             f"| {BASELINE_NAMES.get(r['best'], r['best'])} {r['best_psnr']:.2f} / {r['best_ssim']:.4f} "
             f"| {r['margin_psnr']:+.2f} | {r['margin_ssim']:+.4f} | {mis} "
             f"| {b['iterations']} × {b['points_per_iteration']:,}, {b['fit_seconds']:.0f} s, {b['render_seconds']:.0f} s |"
