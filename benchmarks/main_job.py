@@ -17,12 +17,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output_dir", default="/tmp/cunerf_main_job")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "main_job.md"))
+    ap.add_argument("--update-docs", dest="update_docs", action="store_true",
+                    help="write the table into the Performance section of bundle/docs/README.md")
     args = ap.parse_args(argv)
     from cunerf_monai.evaluation.selfeval import machine_description
 
@@ -38,6 +41,10 @@ def main(argv=None) -> None:
             f"| default training on the embedded sample (train.json) | {seconds / 60:.1f} min | {peak_mb:,.0f} MB |\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text, encoding="utf-8")
+    if args.update_docs:
+        from docs_block import replace_block
+
+        replace_block(ROOT / "bundle" / "docs" / "README.md", "main_job", text)
     print(text)
 
 

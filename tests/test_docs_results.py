@@ -38,9 +38,15 @@ def test_quality_table_is_the_stored_runs():
     ],
 )
 def test_tables_are_the_result_files(name, result):
+    """Tables whose result file starts with a title line (dropped in the docs)."""
     if not result.exists():
         pytest.skip(f"{result.relative_to(ROOT)} not produced yet")
     assert block(name) == result.read_text(encoding="utf-8").split("\n", 2)[2].strip()
+
+
+@pytest.mark.parametrize("name", ["main_job", "throughput", "render"])
+def test_blocks_are_the_whole_result_files(name):
+    assert block(name) == (RESULTS / f"{name}.md").read_text(encoding="utf-8").strip()
 
 
 def test_replace_block_rewrites_only_the_block(tmp_path):
