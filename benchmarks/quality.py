@@ -97,9 +97,12 @@ def run(args: argparse.Namespace) -> Path:
                     overrides: dict = {}
                     if args.forward_model == "matched":
                         overrides.update(matched_overrides(degradation, factors))
-                    if args.iterations is not None:
-                        overrides["num_iterations"] = args.iterations
-                        overrides["epoch_length"] = max(1, args.iterations // max(1, args.validations))
+                    iterations = args.iterations
+                    if iterations is None and args.passes is not None:
+                        iterations = passes_to_iterations(args.passes, paths[volume], factors, overrides)
+                    if iterations is not None:
+                        overrides["num_iterations"] = iterations
+                        overrides["epoch_length"] = max(1, iterations // max(1, args.validations))
                     overrides.update(json.loads(args.overrides) if args.overrides else {})
                     logging.info(f"=== {name}: overrides {overrides}")
                     start = time.perf_counter()
@@ -121,6 +124,19 @@ def run(args: argparse.Namespace) -> Path:
                     if args.update_docs:
                         update_docs(out_root)
     return out_root / "quality.md"
+
+
+def passes_to_iterations(passes: float, path: str, factors: tuple[int, int, int], overrides: dict) -> int:
+    """Iterations for the fit to draw ``passes`` × (number of LR voxels) targets: a budget that scales with the
+    volume, so a 512×512×64 CT gets as many looks at each voxel as a 181×217×181 MRI."""
+    import math
+
+    from cunerf_monai.io import load_normalized
+
+    shape = load_normalized(path).shape[1:]
+    voxels = math.prod(int(s) // int(f) for s, f in zip(shape, factors))  # the decimated shape
+    batch = int(overrides.get("batch_size", 32768))
+    return max(1, math.ceil(passes * voxels / batch))
 
 
 def result_row(name: str, volume: str, degradation: str, m: dict, total: float) -> dict:
@@ -239,6 +255,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--degradations", nargs="+", default=["nearest", "box"], choices=["nearest", "box"])
     p.add_argument("--overlay", default=str(DEFAULT_OVERLAY), help="config overlay on train.json ('' for none)")
     p.add_argument("--iterations", type=int, default=None, help="training iterations (default: the config's)")
+    p.add_argument("--passes", type=float, default=None,
+                   help="budget in passes over the LR voxels (iterations = passes × voxels / batch), instead of the "
+                        "config's iterations")
     p.add_argument("--validations", type=int, default=2, help="validation rounds during a fit (with --iterations)")
     p.add_argument("--forward-model", choices=["matched", "config"], default="matched")
     p.add_argument("--overrides", default=None, help="extra config overrides as JSON, applied last")
