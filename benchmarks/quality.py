@@ -227,7 +227,9 @@ def docs_table(out_root: Path) -> str:
     default = [r for r in rows if r.get("configs", ["train.json"]) == ["train.json"]]
     for r in default + [r for r in rows if r not in default]:
         overlays = [c for c in r.get("configs", ["train.json"]) if c != "train.json"]
-        volume = r["volume"] + (f" ({', '.join(overlays)})" if overlays else "")
+        suffix = r["name"].split(f"_{r['degradation']}", 1)[-1].lstrip("_").replace("_", " ")
+        note = ", ".join(overlays) if overlays else suffix
+        volume = r["volume"] + (f" ({note})" if note else "")
         f, b = r["factors"], r["budget"]
         where = f"×{max(f)} 3D" if len(set(f)) == 1 else f"×{max(f)} slice axis {f.index(max(f))}"
         mis = f"{r['misaligned_psnr']:.2f}" if r.get("misaligned_psnr") is not None else "—"
