@@ -184,7 +184,7 @@ def write_table(out: Path, result: dict) -> None:
         "# Time to quality",
         "",
         f"Machine: {result['machine']}",
-        f"Colin27, {result['degradation']} ×{result['factors'][0]} 3D; best aligned baseline: {best} {target:.2f} dB. "
+        f"{Path(result['volume']).name}, {result['degradation']} ×{result['factors'][0]} 3D; best aligned baseline: {best} {target:.2f} dB. "
         "Training time excludes the measurements.",
         "",
         f"| field | PSNR at 1 min | at 5 min | at the end (time) | best − baseline (dB) | first time ≥ baseline + {MARGIN} dB |",
