@@ -172,7 +172,7 @@ def plot(out: Path, result: dict) -> None:
         {FIELDS[k]["label"]: [p["psnr"] for p in v] for k, v in curves.items()},
         xlabel="training wall time (min)",
         ylabel="PSNR on the HR grid (dB)",
-        title=f"Colin27 {result['degradation']} ×{result['factors'][0]} 3D, 2-core CPU",
+        title=f"{Path(result['volume']).name}: {result['degradation']} ×{result['factors'][0]} 3D",
         hlines={f"{best} (best aligned baseline)": result["baselines_psnr"][best]},
     )
 
@@ -191,9 +191,9 @@ def write_table(out: Path, result: dict) -> None:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, pts in result["curves"].items():
-        def at(minutes: float) -> str:
-            got = [p["psnr"] for p in pts if p["seconds"] <= minutes * 60.0 + 1e-6]
-            return f"{got[-1]:.2f}" if got else "—"
+        def at(minutes: float) -> str:  # the measurement taken at that mark (the first one after it)
+            got = [p["psnr"] for p in pts if p["seconds"] >= minutes * 60.0 - 1e-6]
+            return f"{got[0]:.2f}" if got else "—"
 
         above = [p["seconds"] for p in pts if p["psnr"] >= target + MARGIN]
         last = pts[-1]
