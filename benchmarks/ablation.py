@@ -48,20 +48,16 @@ PAPER = {
 
 
 def central_crop(hr_path: str, size: int, out_path: Path) -> Path:
-    """Write the central ``size³`` crop of a volume (or the whole volume when ``size`` is 0) as NIfTI with the
-    crop's affine (origin moved to the crop's first voxel)."""
+    """Write the central ``size³`` crop of a volume (or the whole volume when ``size`` is 0) as NIfTI; MONAI's
+    ``CenterSpatialCrop`` moves the affine's origin to the crop's first voxel."""
+    from monai.transforms import CenterSpatialCrop
+
     from cunerf_monai.io import load_normalized, save_nifti
 
     img = load_normalized(hr_path)
-    arr, affine = img[0].numpy(), np.asarray(img.affine, dtype=np.float64)
-    if size <= 0:
-        return save_nifti(out_path, arr, affine)
-    start = [max(0, (s - size) // 2) for s in arr.shape]
-    stop = [min(s, b + size) for s, b in zip(arr.shape, start)]
-    crop = arr[tuple(slice(b, e) for b, e in zip(start, stop))]
-    shifted = affine.copy()
-    shifted[:3, 3] = affine[:3, :3] @ np.asarray(start, dtype=np.float64) + affine[:3, 3]
-    return save_nifti(out_path, crop, shifted)
+    if size > 0:
+        img = CenterSpatialCrop(roi_size=(size, size, size))(img)
+    return save_nifti(out_path, img[0].numpy(), np.asarray(img.affine, dtype=np.float64))
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -97,9 +93,9 @@ def run(args: argparse.Namespace) -> Path:
         rows.sort(key=lambda r: VARIANTS.index(r["variant"]))
         write_table(out_root, rows, args, machine_description())
     if args.update_docs:
-        from docs_block import replace_block
+        from docs_block import DOCS, replace_block
 
-        replace_block(ROOT / "bundle" / "docs" / "README.md", "ablation", (out_root / "ablation.md").read_text().split("\n", 2)[2])
+        replace_block(DOCS, "ablation", (out_root / "ablation.md").read_text().split("\n", 2)[2])
     print((out_root / "ablation.md").read_text())
     return out_root / "ablation.md"
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+DOCS = Path(__file__).resolve().parents[1] / "bundle" / "docs" / "README.md"
+
 
 def replace_block(path: Path, name: str, text: str) -> None:
-    """Replace the text between the ``name`` markers of ``path`` with ``text`` (the markers must exist)."""
+    """Replace the text between the ``name`` markers of ``path`` (usually :data:`DOCS`) with ``text`` (the markers
+    must exist)."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     doc = Path(path).read_text()
     if begin not in doc or end not in doc:

@@ -42,9 +42,9 @@ def main(argv=None) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text, encoding="utf-8")
     if args.update_docs:
-        from docs_block import replace_block
+        from docs_block import DOCS, replace_block
 
-        replace_block(ROOT / "bundle" / "docs" / "README.md", "main_job", text)
+        replace_block(DOCS, "main_job", text)
     print(text)
 
 

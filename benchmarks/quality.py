@@ -77,6 +77,7 @@ def matched_overrides(degradation: str, factors: tuple[int, int, int]) -> dict:
 
 def run(args: argparse.Namespace) -> Path:
     from cunerf_monai.evaluation.selfeval import self_evaluate
+    from cunerf_monai.io import load_normalized
     from cunerf_monai.transforms.array import degradation_factors
 
     torch.set_num_threads(args.threads)
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> Path:
     config_files = [str(ROOT / "bundle" / "configs" / "train.json")]
     if args.overlay:
         config_files.append(str(Path(args.overlay).resolve()))
+    shapes: dict[str, tuple[int, ...]] = {}  # HR shapes, read once per volume for --passes
     for volume in args.volumes:
         for scale in args.scales:
             for mode in args.modes:
@@ -99,7 +101,9 @@ def run(args: argparse.Namespace) -> Path:
                         overrides.update(matched_overrides(degradation, factors))
                     iterations = args.iterations
                     if iterations is None and args.passes is not None:
-                        iterations = passes_to_iterations(args.passes, paths[volume], factors, overrides)
+                        if volume not in shapes:
+                            shapes[volume] = tuple(load_normalized(paths[volume]).shape[1:])
+                        iterations = passes_to_iterations(args.passes, shapes[volume], factors, overrides)
                     if iterations is not None:
                         overrides["num_iterations"] = iterations
                         overrides["epoch_length"] = max(1, iterations // max(1, args.validations))
@@ -126,14 +130,12 @@ def run(args: argparse.Namespace) -> Path:
     return out_root / "quality.md"
 
 
-def passes_to_iterations(passes: float, path: str, factors: tuple[int, int, int], overrides: dict) -> int:
-    """Iterations for the fit to draw ``passes`` × (number of LR voxels) targets: a budget that scales with the
-    volume, so a 512×512×64 CT gets as many looks at each voxel as a 181×217×181 MRI."""
+def passes_to_iterations(passes: float, shape: tuple[int, ...], factors: tuple[int, int, int], overrides: dict) -> int:
+    """Iterations for the fit to draw ``passes`` × (number of LR voxels) targets, for an HR volume of ``shape``
+    degraded by ``factors``: a budget that scales with the volume, so a 512×512×64 CT gets as many looks at each
+    voxel as a 181×217×181 MRI."""
     import math
 
-    from cunerf_monai.io import load_normalized
-
-    shape = load_normalized(path).shape[1:]
     voxels = math.prod(int(s) // int(f) for s, f in zip(shape, factors))  # the decimated shape
     batch = int(overrides.get("batch_size", 32768))
     return max(1, math.ceil(passes * voxels / batch))
@@ -242,11 +244,11 @@ def docs_table(out_root: Path) -> str:
     return "\n".join(lines)
 
 
-def update_docs(out_root: Path, readme: Path = ROOT / "bundle" / "docs" / "README.md") -> None:
+def update_docs(out_root: Path) -> None:
     """Replace the block between ``<!-- quality:begin -->`` and ``<!-- quality:end -->`` in the bundle docs."""
-    from docs_block import replace_block
+    from docs_block import DOCS, replace_block
 
-    replace_block(readme, "quality", docs_table(out_root))
+    replace_block(DOCS, "quality", docs_table(out_root))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -155,10 +155,10 @@ def publish(out: Path, result: dict, update_docs: bool) -> None:
     plot(out, result)
     write_table(out, result)
     if update_docs:
-        from docs_block import replace_block
+        from docs_block import DOCS, replace_block
 
         text = (out / "time_to_quality.md").read_text().split("\n", 2)[2]
-        replace_block(ROOT / "bundle" / "docs" / "README.md", f"time_to_quality_{result['degradation']}", text)
+        replace_block(DOCS, f"time_to_quality_{result['degradation']}", text)
 
 
 def plot(out: Path, result: dict) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 
 from . import rendering, sampling
 from .geometry import ObliquePlane, TargetGrid, VolumeGeometry, voxel_footprint_in_index
-from .sampling import CUBE_MODES, NORMS
+from .sampling import CUBE_MODES, NORMS, grid_cube_offsets
 
 __all__ = ["CuNeRFInferer", "CubeSamples", "field_device", "unwrap_network"]
 
@@ -96,6 +96,11 @@ class CubeSamples:
 
 
 WEIGHTINGS = ("isotropic", "volume", "uniform")
+
+
+def _counts_for(grid_counts: tuple[int, int, int] | None, n: int) -> tuple[int, int, int] | None:
+    """The per-axis grid counts when they describe a pass of ``n`` samples, else ``None`` (a ``k×k×k`` grid)."""
+    return grid_counts if grid_counts is not None and math.prod(grid_counts) == n else None
 
 
 class CuNeRFInferer(Inferer):
@@ -176,12 +181,11 @@ class CuNeRFInferer(Inferer):
                 raise ValueError(f"grid_counts must be three positive integers (ticks per axis), got {grid_counts}.")
         for name, mode, n in (("cube_sampling", cube_sampling, num_coarse), ("eval_cube_sampling", eval_cube_sampling,
                                                                                num_coarse_eval)):
-            per_axis = grid_counts is not None and math.prod(grid_counts) == n
-            if mode == "grid" and round(n ** (1.0 / 3.0)) ** 3 != n and not per_axis:
-                raise ValueError(
-                    f"{name}='grid' needs a perfect-cube sample count (1, 8, 27, 64 …) or grid_counts with product "
-                    f"{n}, got {n} (grid_counts={grid_counts})."
-                )
+            if mode == "grid":
+                try:
+                    grid_cube_offsets(n, counts=_counts_for(grid_counts, n))  # the parameter `sampling` hides the module
+                except ValueError as exc:
+                    raise ValueError(f"{name}='grid' with {n} samples (grid_counts={grid_counts}): {exc}") from None
         if render_cube_size is not None and not render_cube_size > 0:
             raise ValueError(f"render_cube_size must be positive or None, got {render_cube_size}.")
         for name, act in (("intensity_activation", intensity_activation), ("density_activation", density_activation)):
@@ -263,8 +267,7 @@ class CuNeRFInferer(Inferer):
             offsets, t, direction = sampling.ray_offsets(batch, n, deterministic, generator, device)
             return CubeSamples(offsets, t + 1.0, direction)
         mode = self.eval_cube_sampling if deterministic else self.cube_sampling
-        counts = self.grid_counts if self.grid_counts is not None and math.prod(self.grid_counts) == n else None
-        offsets = sampling.cube_offsets(batch, n, mode, generator, device, counts)
+        offsets = sampling.cube_offsets(batch, n, mode, generator, device, _counts_for(self.grid_counts, n))
         return CubeSamples(offsets, sampling.distance(offsets, self.norm)).sorted()
 
     def _draw_fine(
