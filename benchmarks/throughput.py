@@ -26,6 +26,7 @@ from monai.data import MetaTensor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cunerf_monai.allocator import retain_freed_memory  # noqa: E402
 from cunerf_monai.evaluation.selfeval import machine_description  # noqa: E402
 
 CONFIGS = ROOT / "bundle" / "configs"
@@ -42,6 +43,7 @@ def build(overlays: list[str], shape=(181, 217, 181), batch_size: int | None = N
     parser["device"] = "$torch.device('cpu')"
     if batch_size is not None:
         parser["batch_size"] = batch_size
+    retain_freed_memory(parser.get_parsed_content("device"), parser["retain_freed_memory"])  # as train.json does
     network = parser.get_parsed_content("network")
     inferer = parser.get_parsed_content("inferer")
     optimizer = parser.get_parsed_content("optimizer")

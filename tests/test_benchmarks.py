@@ -30,3 +30,26 @@ def test_passes_budget_scales_with_the_lr_voxels():
     # LR 41 × 40 × 5 = 8200 voxels, batch 65536: 100 passes = 820000 targets = 13 steps
     assert passes_to_iterations(100, (41, 40, 20), (1, 1, 4), slice_box) == 13
     assert matched_overrides("nearest", (2, 2, 2))["num_coarse"] == 1
+
+
+def test_side_by_side_refuses_a_folder_that_is_not_the_authors_code(tmp_path):
+    import pytest
+    from side_by_side import _authors_modules
+
+    with pytest.raises(FileNotFoundError, match="not a CuNeRF checkout"):
+        _authors_modules(tmp_path)
+
+
+def test_side_by_side_table_ratios_are_points_per_second():
+    from side_by_side import table
+
+    rows = {
+        "authors": {"points_per_iteration": 1000, "seconds_per_iteration": 2.0, "peak_rss_mb": 1024.0},
+        "authors_retain": {"points_per_iteration": 1000, "seconds_per_iteration": 1.6, "peak_rss_mb": 2048.0},
+        "ours": {"points_per_iteration": 1000, "seconds_per_iteration": 1.0, "peak_rss_mb": 1536.0},
+    }
+    lines = table(rows, "test machine", 3).splitlines()
+    assert lines[0].startswith("Machine: test machine; 3 timed iterations")
+    assert lines[4].split("|")[4:7] == [" 500 ", " 1.00 GB ", " 1.00× "]
+    assert lines[5].split("|")[4:7] == [" 625 ", " 2.00 GB ", " 1.25× "]
+    assert lines[6].split("|")[4:7] == [" 1,000 ", " 1.50 GB ", " 2.00× "]

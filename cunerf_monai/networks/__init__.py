@@ -2,6 +2,7 @@
 
 from .cunerf import CuNeRFModel
 from .encodings import PositionalEncoding
+from .layers import LinearReLU
 from .hashgrid import HashGridEncoding, HashGridField, hashgrid_level_resolutions
 from .mlp import PositionalMLPField
 from .prior import BSplineVolume, ResidualField
@@ -14,6 +15,7 @@ __all__ = [
     "CuNeRFModel",
     "HashGridEncoding",
     "HashGridField",
+    "LinearReLU",
     "PositionalEncoding",
     "PositionalMLPField",
     "hashgrid_level_resolutions",

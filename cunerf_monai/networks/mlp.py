@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .encodings import PositionalEncoding
+from .layers import LinearReLU
 from .utils import channel_last_call
 
 __all__ = ["PositionalMLPField"]
@@ -63,7 +64,7 @@ class PositionalMLPField(nn.Module):
         layers = []
         for i in range(num_layers):
             fan_in = width_in if i == 0 else hidden_features + (width_in if i in skips else 0)
-            layers.append(nn.Linear(fan_in, hidden_features))
+            layers.append(LinearReLU(fan_in, hidden_features))
         self.layers = nn.ModuleList(layers)
         self.head = nn.Linear(hidden_features, out_channels)
 
@@ -73,7 +74,7 @@ class PositionalMLPField(nn.Module):
         for i, layer in enumerate(self.layers):
             if i in self.skips:
                 h = torch.cat([h, enc], dim=-1)
-            h = torch.relu(layer(h))
+            h = layer(h)
         return self.head(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
