@@ -4,7 +4,8 @@ and rendering voxels per second, on the machine it runs on.
     python benchmarks/throughput.py [--iterations 10] [--out benchmarks/results/throughput.md]
 
 Fields are built from the bundle's own configs (the default ``train.json`` B-spline grid, the
-``fields/hashgrid.json`` hash grid and the paper's MLP from ``train_paper.json``) with each config's own sample
+``fields/hashgrid.json`` hash grid, the hash grid on a B-spline prior of ``fields/hashgrid_residual.json``
+and the paper's MLP from ``train_paper.json``) with each config's own sample
 counts, on a Colin27-sized geometry (181 x 217 x 181). A point is one field
 evaluation; a training iteration evaluates ``B · (N_c + N_c + N_f)`` points (coarse pass, then the fine pass on the
 union of coarse and fine samples).
@@ -102,6 +103,7 @@ def main(argv=None) -> None:
     cases = (
         ("B-spline grid (train.json)", [], None),
         ("hash grid (fields/hashgrid.json)", ["fields/hashgrid.json"], None),
+        ("hash grid on the B-spline prior (fields/hashgrid_residual.json)", ["fields/hashgrid_residual.json"], None),
         ("paper MLP (train_paper.json)", ["train_paper.json"], args.paper_batch),
     )
     for name, overlays, batch in cases:

@@ -30,6 +30,8 @@ FIELDS = {
     "spline": {"label": "B-spline grid (train.json)", "files": ["train.json"]},
     "hashgrid": {"label": "hash grid (fields/hashgrid.json)", "files": ["train.json", "fields/hashgrid.json"]},
     "paper_mlp": {"label": "paper MLP (train_paper.json)", "files": ["train.json", "train_paper.json"]},
+    "hashgrid_residual": {"label": "hash grid on the B-spline prior (fields/hashgrid_residual.json)",
+                          "files": ["train.json", "fields/hashgrid_residual.json"], "own_batch": True},
 }
 
 
@@ -46,6 +48,14 @@ def checkpoints_seconds(minutes: float) -> list[float]:
     return times + [end]
 
 
+def config_value(name: str, key: str):
+    """A top-level setting of a field's config files (the last file that sets it wins)."""
+    value = None
+    for f in FIELDS[name]["files"]:
+        value = json.loads((CONFIGS / f).read_text()).get(key, value)
+    return value
+
+
 def run_field(name: str, lr_path: Path, hr: np.ndarray, hr_affine: np.ndarray, args, overrides: dict) -> list:
     """Fit one field for ``args.minutes`` of training time; returns ``[(seconds, iteration, psnr), …]``."""
     from ignite.engine import Events
@@ -56,7 +66,7 @@ def run_field(name: str, lr_path: Path, hr: np.ndarray, hr_affine: np.ndarray, a
     from cunerf_monai.transforms.array import denormalize_intensity
 
     files = [str(CONFIGS / f) for f in FIELDS[name]["files"]]
-    settings = {"input_image": str(lr_path), "output_dir": str(Path(args.out) / "fits" / name), "resume": False}
+    settings = {"input_image": str(lr_path), "output_dir": str(Path(args.work) / "fits" / name), "resume": False}
     settings.update(overrides)
     workflow = ConfigWorkflow(config_file=files, workflow_type="train", **settings)
     workflow.initialize()
@@ -124,23 +134,29 @@ def run(args: argparse.Namespace) -> Path:
     factors = degradation_factors(args.scale, None)
     lr = SimulateLowResolution(factors, args.degradation)(img)
     lr_np, lr_affine = lr[0].numpy(), np.asarray(lr.affine, dtype=np.float64)
-    lr_path = Path(save_nifti(out / "lr.nii.gz", lr_np, lr_affine))
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    lr_path = Path(save_nifti(Path(args.work) / "lr.nii.gz", lr_np, lr_affine))
     baselines = {k: psnr(np.clip(v, 0.0, 1.0), hr) for k, v in run_baselines(lr_np, lr_affine, hr.shape, hr_affine,
                                                                               include_misaligned=False).items()}
     best = max(baselines, key=baselines.get)
-    curves, iterations = {}, {}
+    curves, iterations = stored_curves(out / "time_to_quality.json", args)
     for name in args.fields:
         overrides = matched_overrides(args.degradation, factors)
         overrides["num_iterations"] = args.iterations.get(name, 100000)
         overrides["epoch_length"] = max(1, min(overrides["num_iterations"], 250))
-        if name != "spline":  # neural fields keep their own sample counts and batch (only the cube is matched)
+        if FIELDS[name].get("own_batch"):  # the matched forward model, with the config's own batch and schedule
+            overrides.pop("batch_size")
+            if name not in args.iterations:
+                overrides.pop("num_iterations")
+                overrides.pop("epoch_length")
+        elif name != "spline":  # neural fields keep their own sample counts and batch (only the cube is matched)
             if args.degradation == "nearest":  # a point forward model: the voxel centre, more voxels per step
                 overrides.update({"num_coarse": 1, "num_fine": 0, "batch_size": 16384})
             else:  # random samples of the footprint with the field's own counts
                 for key in ("num_coarse", "num_fine", "batch_size", "cube_sampling", "grid_counts"):
                     overrides.pop(key)
         curves[name] = run_field(name, lr_path, hr, hr_affine, args, overrides)
-        iterations[name] = overrides["num_iterations"]
+        iterations[name] = overrides.get("num_iterations") or config_value(name, "num_iterations")
         result = {"machine": machine_description(), "volume": args.volume, "degradation": args.degradation,
                   "factors": list(factors), "baselines_psnr": baselines, "best_baseline": best,
                   "curves": {k: [{"seconds": s, "iteration": i, "psnr": p} for s, i, p in v] for k, v in curves.items()},
@@ -148,6 +164,19 @@ def run(args: argparse.Namespace) -> Path:
         (out / "time_to_quality.json").write_text(json.dumps(result, indent=2))
         publish(out, result, args.update_docs)
     return out / "time_to_quality.md"
+
+
+def stored_curves(path: Path, args: argparse.Namespace) -> tuple[dict, dict]:
+    """Curves of the fields *not* being rerun from an earlier run of the same case (volume, degradation, factor),
+    so that rerunning one field keeps the others' rows; ``({}, {})`` when there is none."""
+    if not path.exists():
+        return {}, {}
+    old = json.loads(path.read_text())
+    if old.get("volume") != args.volume or old.get("degradation") != args.degradation or old.get("factors", [0])[0] != args.scale:
+        return {}, {}
+    keep = [k for k in old["curves"] if k not in args.fields and k in FIELDS]
+    curves = {k: [(p["seconds"], p["iteration"], p["psnr"]) for p in old["curves"][k]] for k in keep}
+    return curves, {k: old.get("scheduled_iterations", {}).get(k) for k in keep}
 
 
 def publish(out: Path, result: dict, update_docs: bool) -> None:
@@ -216,6 +245,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help='scheduled iterations per field as JSON (the learning-rate decay spans them), e.g. {"hashgrid": 3000}')
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results/time_to_quality/<degradation>)")
+    p.add_argument("--work", default=None, help="LR volume and fits (checkpoints) folder "
+                   "(default /tmp/cunerf_time_to_quality/<degradation>)")
     p.add_argument("--update-docs", dest="update_docs", action="store_true",
                    help="write the table into the Performance section of bundle/docs/README.md")
     p.add_argument("--table-only", dest="table_only", action="store_true",
@@ -223,6 +254,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.out is None:
         args.out = str(ROOT / "benchmarks" / "results" / "time_to_quality" / args.degradation)
+    if args.work is None:
+        args.work = str(Path("/tmp") / "cunerf_time_to_quality" / args.degradation)
     return args
 
 

@@ -2,10 +2,13 @@
 
 A training step of a coordinate MLP allocates activations of ``points × width`` floats (hundreds of MB) and frees
 them at the end of the step. glibc serves blocks that large with ``mmap`` and returns them to the kernel on
-``free``, so the next step touches every page again: page faults and zeroing take about a third of a CPU
-training step (``benchmarks/side_by_side.py`` measures it). :func:`retain_freed_memory` tells glibc to serve
-them from its heap and to keep freed memory there for reuse. The price is that the process's resident memory
-stays at its peak until it exits, which is what a long fit needs anyway.
+``free``, so the next step touches every page again: on the authors' training step this setting alone saves a
+fifth of the time (``benchmarks/side_by_side.py``). :func:`retain_freed_memory` tells glibc to serve
+them from its heap and to keep freed memory there for reuse. The price is memory: the process's resident memory
+stays at its peak until it exits, and that peak is higher (heap fragmentation; +56 % for the authors' step in
+``benchmarks/side_by_side.py``). Only the main thread's allocations are covered (glibc still maps very large blocks
+of other threads), which is where PyTorch's CPU training allocates. With another allocator preloaded (tcmalloc,
+jemalloc) ``mallopt`` may do nothing.
 
 It changes nothing on other platforms or C libraries, and nothing for CUDA tensors (PyTorch caches GPU memory
 itself).
@@ -14,7 +17,6 @@ itself).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import sys
 
@@ -47,12 +49,11 @@ def retain_freed_memory(device: torch.device | str | None = None, enabled: bool 
         return _state["applied"]
     if _state["applied"] or not sys.platform.startswith("linux"):
         return _state["applied"]
-    name = ctypes.util.find_library("c") or "libc.so.6"
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):  # musl and other C libraries: no mallopt
-        logging.getLogger(__name__).debug("mallopt is not available in %s; allocator left as is.", name)
+    libc = ctypes.CDLL(None)  # the C library this process runs on
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):  # musl etc.: not glibc
+        logging.getLogger(__name__).debug("not glibc: the allocator is left as is.")
         return False
+    mallopt = libc.mallopt
     ok = all(mallopt(p, v) == 1 for p, v in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX), (_M_TOP_PAD, 64 << 20)))
     _state["applied"] = ok
     return ok

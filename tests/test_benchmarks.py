@@ -48,8 +48,26 @@ def test_side_by_side_table_ratios_are_points_per_second():
         "authors_retain": {"points_per_iteration": 1000, "seconds_per_iteration": 1.6, "peak_rss_mb": 2048.0},
         "ours": {"points_per_iteration": 1000, "seconds_per_iteration": 1.0, "peak_rss_mb": 1536.0},
     }
-    lines = table(rows, "test machine", 3).splitlines()
-    assert lines[0].startswith("Machine: test machine; 3 timed iterations")
+    lines = table(rows, "test machine", 3, 2).splitlines()
+    assert lines[0].startswith("Machine: test machine; median of 3 timed iterations after one warm-up, best of 2")
     assert lines[4].split("|")[4:7] == [" 500 ", " 1.00 GB ", " 1.00× "]
     assert lines[5].split("|")[4:7] == [" 625 ", " 2.00 GB ", " 1.25× "]
     assert lines[6].split("|")[4:7] == [" 1,000 ", " 1.50 GB ", " 2.00× "]
+
+
+def test_time_to_quality_keeps_the_other_fields_of_the_same_case(tmp_path):
+    import json
+
+    from time_to_quality import config_value, parse_args, stored_curves
+
+    path = tmp_path / "time_to_quality.json"
+    point = {"seconds": 15.0, "iteration": 7, "psnr": 30.5}
+    path.write_text(json.dumps({"volume": "v.nii.gz", "degradation": "box", "factors": [2, 2, 2],
+                                "curves": {"spline": [point], "hashgrid": [point]},
+                                "scheduled_iterations": {"spline": 100, "hashgrid": 3000}}))
+    args = parse_args(["--volume", "v.nii.gz", "--degradation", "box", "--fields", "hashgrid"])
+    assert stored_curves(path, args) == ({"spline": [(15.0, 7, 30.5)]}, {"spline": 100})
+    other = parse_args(["--volume", "v.nii.gz", "--degradation", "nearest", "--fields", "hashgrid"])
+    assert stored_curves(path, other) == ({}, {})  # another case starts afresh
+    assert config_value("hashgrid_residual", "num_iterations") == 1600  # the overlay's value wins over train.json
+    assert config_value("spline", "num_iterations") == 150

@@ -4,7 +4,9 @@
 oneDNN (float32, not tracing) the forward pass is one oneDNN matrix product with the ReLU applied as it writes
 its output, and the backward pass masks the incoming gradient once and skips the input gradient when the input
 needs none (the first layer of a field). That saves a full read and write of every ``points × width``
-activation per layer and per pass; elsewhere (GPU, other dtypes, tracing) it is plain ``F.linear`` + ReLU.
+activation per layer and per pass; elsewhere (GPU, other dtypes, CPU autocast, oneDNN disabled, tracing,
+``torch.compile``/export) it is plain ``F.linear`` + ReLU. ``torch.func`` transforms are not supported on the
+fused path.
 Both paths give the same values and gradients (tested).
 """
 
@@ -24,9 +26,12 @@ def fused_linear_relu_available(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and not torch.is_autocast_enabled("cpu")
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()
+        and not torch.compiler.is_compiling()
     )
 
 
