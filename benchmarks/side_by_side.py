@@ -115,42 +115,17 @@ def run_authors(code: Path, iterations: int, seed: int = 0, retain: bool = False
 
 def run_ours(iterations: int, seed: int = 0) -> dict:
     """Seconds per training step of ``train_paper.json`` with the authors' network and point counts."""
-    from monai.bundle import ConfigParser
-    from monai.data import MetaTensor
+    from throughput import build, training_step
 
-    from cunerf_monai.allocator import retain_freed_memory
     from cunerf_monai.losses import AdaptiveRenderingLoss
 
-    parser = ConfigParser()
-    parser.read_config([str(ROOT / "bundle" / "configs" / "train.json"),
-                        str(ROOT / "bundle" / "configs" / "train_paper.json")])
-    image = MetaTensor(torch.rand(1, 91, 109, 91), affine=torch.eye(4))
-    image.meta["intensity_range"] = [0.0, 1.0]
-    parser["train"]["image"] = "$@_bench_image"
-    parser["_bench_image"] = image
-    parser["device"] = "$torch.device('cpu')"
-    parser["batch_size"], parser["num_coarse"], parser["num_fine"] = BATCH, N_COARSE, N_FINE
-    parser["field"] = dict(OUR_FIELD)
-    parser["network_def"]["fine"] = dict(OUR_FIELD)
-    retain_freed_memory(parser.get_parsed_content("device"), parser["retain_freed_memory"])  # as train.json does
     torch.manual_seed(seed)
-    network = parser.get_parsed_content("network")
-    inferer = parser.get_parsed_content("inferer")
-    optimizer = parser.get_parsed_content("optimizer")
-    dataset = parser.get_parsed_content("train#dataset")
-    loss_fn = AdaptiveRenderingLoss()
-    gen = torch.Generator().manual_seed(seed)
-    network.train()
-
-    def step():
-        b = dataset.sample(gen)
-        pred = inferer(b["centre"], network, half_extent=b["half_extent"], generator=gen)
-        loss = loss_fn(pred, b["target"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    seconds = _time_steps(step, iterations)
+    overrides = {"num_coarse": N_COARSE, "num_fine": N_FINE, "field": dict(OUR_FIELD),
+                 "network_def#fine": dict(OUR_FIELD)}
+    network, inferer, optimizer, dataset, _ = build(["train_paper.json"], shape=(91, 109, 91), batch_size=BATCH,
+                                                    overrides=overrides)
+    seconds = _time_steps(training_step(network, inferer, optimizer, dataset, AdaptiveRenderingLoss(), seed),
+                          iterations)
     per_target = inferer.points_per_target(training=True)
     return {"seconds_per_iteration": seconds, "points_per_iteration": dataset.batch_size * per_target,
             "peak_rss_mb": _peak_rss_mb(),

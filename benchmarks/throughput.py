@@ -33,8 +33,9 @@ from cunerf_monai.evaluation.selfeval import machine_description  # noqa: E402
 CONFIGS = ROOT / "bundle" / "configs"
 
 
-def build(overlays: list[str], shape=(181, 217, 181), batch_size: int | None = None):
-    """Network, inferer, optimizer and a training batch from the bundle config (+ overlays) for a volume shape."""
+def build(overlays: list[str], shape=(181, 217, 181), batch_size: int | None = None, overrides: dict | None = None):
+    """Network, inferer, optimizer and a training batch from the bundle config (+ overlays, + ``overrides`` by config
+    id) for a volume shape."""
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), *[str(CONFIGS / o) for o in overlays]])
     image = MetaTensor(torch.rand(1, *shape), affine=torch.eye(4))
@@ -44,6 +45,8 @@ def build(overlays: list[str], shape=(181, 217, 181), batch_size: int | None = N
     parser["device"] = "$torch.device('cpu')"
     if batch_size is not None:
         parser["batch_size"] = batch_size
+    for key, value in (overrides or {}).items():
+        parser[key] = value
     retain_freed_memory(parser.get_parsed_content("device"), parser["retain_freed_memory"])  # as train.json does
     network = parser.get_parsed_content("network")
     inferer = parser.get_parsed_content("inferer")
@@ -52,12 +55,12 @@ def build(overlays: list[str], shape=(181, 217, 181), batch_size: int | None = N
     return network, inferer, optimizer, dataset, parser
 
 
-def train_rate(network, inferer, optimizer, dataset, iterations: int, loss_fn) -> dict:
-    """Training points/s over ``iterations`` steps after one warm-up step."""
-    gen = torch.Generator().manual_seed(0)
-    per_target = inferer.points_per_target(training=True)
+def training_step(network, inferer, optimizer, dataset, loss_fn, seed: int = 0):
+    """A function doing one training step of the bundle's trainer (batch → inferer → loss → backward → step)."""
+    gen = torch.Generator().manual_seed(seed)
+    network.train()
 
-    def step():
+    def step() -> None:
         b = dataset.sample(gen)
         pred = inferer(b["centre"], network, half_extent=b["half_extent"], generator=gen)
         loss = loss_fn(pred, b["target"])
@@ -65,7 +68,13 @@ def train_rate(network, inferer, optimizer, dataset, iterations: int, loss_fn) -
         loss.backward()
         optimizer.step()
 
-    network.train()
+    return step
+
+
+def train_rate(network, inferer, optimizer, dataset, iterations: int, loss_fn) -> dict:
+    """Training points/s over ``iterations`` steps after one warm-up step."""
+    per_target = inferer.points_per_target(training=True)
+    step = training_step(network, inferer, optimizer, dataset, loss_fn)
     step()
     start = time.perf_counter()
     for _ in range(iterations):

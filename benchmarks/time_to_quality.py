@@ -142,13 +142,12 @@ def run(args: argparse.Namespace) -> Path:
     curves, iterations = stored_curves(out / "time_to_quality.json", args)
     for name in args.fields:
         overrides = matched_overrides(args.degradation, factors)
-        overrides["num_iterations"] = args.iterations.get(name, 100000)
-        overrides["epoch_length"] = max(1, min(overrides["num_iterations"], 250))
-        if FIELDS[name].get("own_batch"):  # the matched forward model, with the config's own batch and schedule
+        own_batch = FIELDS[name].get("own_batch", False)  # the matched forward model, the config's batch and schedule
+        if name in args.iterations or not own_batch:
+            n = args.iterations.get(name, 100000)
+            overrides.update(num_iterations=n, epoch_length=max(1, min(n, 250)))
+        if own_batch:
             overrides.pop("batch_size")
-            if name not in args.iterations:
-                overrides.pop("num_iterations")
-                overrides.pop("epoch_length")
         elif name != "spline":  # neural fields keep their own sample counts and batch (only the cube is matched)
             if args.degradation == "nearest":  # a point forward model: the voxel centre, more voxels per step
                 overrides.update({"num_coarse": 1, "num_fine": 0, "batch_size": 16384})
