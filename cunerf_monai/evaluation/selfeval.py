@@ -129,6 +129,7 @@ def self_evaluate(
         "margin_psnr_db": results[OURS]["psnr"] - results[best]["psnr"],
         "margin_ssim": results[OURS]["ssim"] - results[best]["ssim"],
         "budget": budget,
+        "forward_model": fitted.forward_model,
         "validation_history": fitted.history,
         "machine": machine_description(),
     }
