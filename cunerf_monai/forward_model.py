@@ -117,10 +117,12 @@ class ForwardModel:
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready description (for ``fit.json``, checkpoints and tracking)."""
+        import json
+
         d = asdict(self)
         d["widths"] = [round(float(w), 4) for w in self.widths]
         d["spacing"] = [round(float(s), 4) for s in self.spacing]
-        return d
+        return json.loads(json.dumps(d))  # lists, not tuples: the same after a round trip through JSON
 
     def describe(self) -> str:
         """One line for the log."""
