@@ -410,7 +410,6 @@ def resolve_forward_model(
     The stated thickness is ``slice_thickness`` when given, else the DICOM ``SliceThickness`` of ``input_path``
     (applied to the slice axis, the last one of a DICOM series), else the spacing.
     """
-    from .geometry import VolumeGeometry  # noqa: F401  (geometry of the image)
     from .data import geometry_of
 
     geometry = geometry_of(image)
