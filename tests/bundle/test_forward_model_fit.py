@@ -66,3 +66,18 @@ def test_resume_with_another_forward_model_is_refused(thick_volume, tmp_path):
         fit(thick_volume, tmp_path, dict(SHORT, num_iterations=12, forward_model="box"))
     message = f"{refused.value} {refused.value.__cause__}"
     assert "other settings" in message and "forward_model" in message
+
+
+@pytest.mark.parametrize("degradation, slice_axis", [("nearest", None), ("box", 2)])
+def test_self_evaluation_reports_data_consistency(tmp_path, degradation, slice_axis):
+    """The blind default reproduces its input: the SR volume, degraded as the LR was made, matches the LR (dB)."""
+    from cunerf_monai.evaluation.selfeval import self_evaluate
+
+    i, j, k = np.meshgrid(np.arange(32), np.arange(30), np.arange(24), indexing="ij")
+    hr = 100 + 60 * np.sin(i / 3.0) * np.cos(j / 4.0) + 20 * np.sin(k / 2.5) * np.cos(i / 5.0)
+    path = tmp_path / "hr.nii.gz"
+    nib.save(nib.Nifti1Image(hr.astype(np.float32), np.eye(4)), str(path))
+    metrics = self_evaluate(path, tmp_path / "eval", 2, slice_axis, degradation,
+                            {"num_iterations": 40, "epoch_length": 40, "progress": False}, save_volumes=False)
+    assert metrics["data_consistency_psnr_db"] > 45.0
+    assert metrics["forward_model"]["source"] == "auto"
