@@ -121,7 +121,8 @@ class CuNeRFInferer(Inferer):
         cube_sampling: training cube samples: random ``"stratified"`` or ``"uniform"`` (the paper), or the fixed
             ``"grid"`` (midpoint rule: with ``k³`` points in an LR voxel of a ×k box degradation these are exactly
             the HR voxel centres) or ``"qmc"``.
-        eval_cube_sampling: rendering cube samples, ``"qmc"`` or ``"grid"`` (both deterministic).
+        eval_cube_sampling: rendering cube samples, ``"qmc"`` (point-symmetric) or ``"grid"`` (both deterministic and
+            symmetric about the target; the fine pass uses antipodal directions, a ray render both ray directions).
         grid_counts: ticks per axis of the ``"grid"`` sampling, e.g. ``(2, 2, 1)`` for an LR voxel that averages a ×2
             footprint in-plane and is a point through-plane (``k`` samples instead of ``k³`` for a slice-axis box
             degradation); used whenever a ``"grid"`` pass has ``prod(grid_counts)`` samples. ``None``: ``k×k×k``.
@@ -286,14 +287,27 @@ class CuNeRFInferer(Inferer):
             return CubeSamples((s - 1.0).unsqueeze(-1) * coarse.direction, s, coarse.direction)
         r_max = sampling.max_distance(self.norm)
         edges = sampling.radius_bin_edges(coarse.r, r_max)
-        radii = sampling.sample_pdf(edges, weights, n, deterministic, generator)
+        if deterministic:  # centred: ⌊n/2⌋ radii, each at an antipodal pair of directions (+ the centre if n is odd)
+            radii = sampling.sample_pdf(edges, weights, n // 2, True).repeat_interleave(2, dim=-1)
+            radii = torch.cat([torch.zeros_like(radii[:, : n % 2]), radii], dim=-1)
+        else:
+            radii = sampling.sample_pdf(edges, weights, n, False, generator)
         dirs = sampling.directions(batch, n, self.norm, deterministic, generator, device)
         return CubeSamples(radii.unsqueeze(-1) * dirs, radii)
 
     def _shade(
-        self, field: nn.Module, centres: torch.Tensor, half: torch.Tensor, samples: CubeSamples
+        self,
+        field: nn.Module,
+        centres: torch.Tensor,
+        half: torch.Tensor,
+        samples: CubeSamples,
+        deterministic: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Evaluate a field at the samples and render: returns ``(value (B,), weights (B, N))``."""
+        """Evaluate a field at the samples and render: returns ``(value (B,), weights (B, N))``.
+
+        A deterministic ray render composites the ray from both ends and averages
+        (:func:`~cunerf_monai.rendering.two_way_ray_weights`), so that it is centred on the target.
+        """
         points = centres.unsqueeze(1) + samples.offsets * half.unsqueeze(1)
         raw = field(points)
         intensity = ACTIVATIONS[self.intensity_activation](raw[..., 0])
@@ -301,7 +315,9 @@ class CuNeRFInferer(Inferer):
             weights = rendering.uniform_weights(samples.r)
         else:
             sigma = ACTIVATIONS[self.density_activation](raw[..., 1])
-            if self.sampling == "ray" or self.weighting == "volume":
+            if self.sampling == "ray" and deterministic:
+                weights = rendering.two_way_ray_weights(sigma, samples.r, self.normalize_weights)
+            elif self.sampling == "ray" or self.weighting == "volume":
                 weights = rendering.ray_weights(sigma, samples.r, self.normalize_weights)
             else:
                 weights = rendering.isotropic_weights(sigma, samples.r, self.normalize_weights)
@@ -327,11 +343,11 @@ class CuNeRFInferer(Inferer):
         half = torch.as_tensor(half_extent, dtype=centres.dtype, device=centres.device).expand(batch, 3)
         coarse_field, fine_field = _fields(network)
         coarse = self._draw_coarse(batch, num_coarse, deterministic, generator, centres.device)
-        value_c, weights_c = self._shade(coarse_field, centres, half, coarse)
+        value_c, weights_c = self._shade(coarse_field, centres, half, coarse, deterministic)
         out = {"coarse": value_c}
         if num_fine > 0:
             fine = self._draw_fine(coarse, weights_c.detach(), num_fine, deterministic, generator)
-            value_f, _ = self._shade(fine_field, centres, half, coarse.union(fine))
+            value_f, _ = self._shade(fine_field, centres, half, coarse.union(fine), deterministic)
             out["fine"] = value_f
         return out
 

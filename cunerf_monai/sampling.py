@@ -7,7 +7,8 @@ a constant), so ``r ∈ [0, √3]`` for the ℓ2 norm and ``r ∈ [0, 1]`` for �
 
 Fixes of the reference code: samples are uniform in the cube (no corner bias), directions are uniform on the
 sphere (not in θ), the hierarchical bins are monotone edges between sorted radii, and the test-time pass is
-deterministic.
+deterministic and centred: its cube points and fine directions are point-symmetric sets (every sample has its
+mirror image about the target), so a render is not shifted off the target.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "max_distance",
     "uniform_sphere_directions",
     "fibonacci_sphere_directions",
+    "antipodal_sphere_directions",
     "directions",
     "radius_bin_edges",
     "sample_pdf",
@@ -83,20 +85,30 @@ def grid_cube_offsets(
 
 
 def qmc_cube_offsets(n: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Deterministic low-discrepancy points in ``[-1, 1]^3`` for any ``n`` (Roberts' R3 sequence), ``(n, 3)``.
+    """Deterministic, point-symmetric low-discrepancy points in ``[-1, 1]^3`` for any ``n``, ``(n, 3)``.
 
-    ``x_k = frac(0.5 + k·α)``, ``k = 1 … n``, with ``α = (1/g, 1/g², 1/g³)`` and ``g`` the positive root of
-    ``g⁴ = g + 1``. Unlike a regular grid, the points have distinct distances from the centre, so the isotropic
-    renderer's ``δ`` are not all zero. ``n = 1`` gives the cube centre (a point query).
+    ``m = ⌊n/2⌋`` points of Roberts' R3 sequence, ``p_k = 2·frac(0.5 + k·α) − 1``, ``k = 1 … m``, with
+    ``α = (1/g, 1/g², 1/g³)`` and ``g`` the positive root of ``g⁴ = g + 1``, each followed by its mirror image
+    ``−p_k``; an odd ``n`` starts with the cube centre. The set is symmetric about the centre (its mean is exactly
+    0, so with weights that depend only on the distance a linear field renders to its centre value). A point and
+    its mirror share a distance; the renderer composites them as one shell
+    (:func:`cunerf_monai.rendering.isotropic_weights`). ``n = 1`` gives the cube centre (a point query).
+
+    Examples::
+
+        >>> pts = qmc_cube_offsets(5)
+        >>> pts.shape, bool((pts[1::2] == -pts[2::2]).all()), pts[0].tolist()
+        (torch.Size([5, 3]), True, [0.0, 0.0, 0.0])
     """
     if n < 1:
         raise ValueError(f"n must be positive, got {n}.")
-    if n == 1:
-        return torch.zeros(1, 3, device=device)
     g = 1.2207440846057596
     alpha = torch.tensor([1.0 / g, 1.0 / g**2, 1.0 / g**3], dtype=torch.float64)
-    k = torch.arange(1, n + 1, dtype=torch.float64).unsqueeze(-1)
-    pts = torch.frac(0.5 + k * alpha) * 2.0 - 1.0
+    k = torch.arange(1, n // 2 + 1, dtype=torch.float64).unsqueeze(-1)
+    half = torch.frac(0.5 + k * alpha) * 2.0 - 1.0
+    pts = torch.stack([half, -half], dim=1).reshape(-1, 3)
+    if n % 2:
+        pts = torch.cat([torch.zeros(1, 3, dtype=torch.float64), pts])
     return pts.to(dtype=torch.float32, device=device)
 
 
@@ -164,6 +176,32 @@ def fibonacci_sphere_directions(n: int, device: torch.device | str | None = None
     return torch.stack([sin_phi * torch.cos(theta), sin_phi * torch.sin(theta), cos_phi], dim=-1)
 
 
+def antipodal_sphere_directions(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Deterministic, nearly even unit vectors in antipodal pairs, shape ``(n, 3)``.
+
+    ``m = ⌊n/2⌋`` directions of a Fibonacci lattice on the upper hemisphere (``cos φ_k = 1 − (k + ½)/m``,
+    ``θ_k = π(1 + √5)k``), each followed by its opposite ``−d_k``, so the set is symmetric about the centre and
+    covers the whole sphere evenly. An odd ``n`` starts with ``+z``, the one unpaired direction (the renderer puts
+    it at radius 0, the centre).
+
+    Examples::
+
+        >>> d = antipodal_sphere_directions(6)
+        >>> bool((d[0::2] == -d[1::2]).all()), bool(torch.allclose(d.sum(0), torch.zeros(3)))
+        (True, True)
+    """
+    m = n // 2
+    i = torch.arange(m, dtype=torch.float32, device=device) + 0.5
+    cos_phi = 1.0 - i / max(m, 1)
+    sin_phi = (1.0 - cos_phi**2).clamp_min(0.0).sqrt()
+    theta = math.pi * (1.0 + math.sqrt(5.0)) * (i - 0.5)
+    half = torch.stack([sin_phi * torch.cos(theta), sin_phi * torch.sin(theta), cos_phi], dim=-1)
+    d = torch.stack([half, -half], dim=1).reshape(-1, 3)
+    if n % 2:
+        d = torch.cat([torch.tensor([[0.0, 0.0, 1.0]], device=device), d])
+    return d
+
+
 def directions(
     batch: int,
     n: int,
@@ -175,10 +213,11 @@ def directions(
     """Directions ``(batch, n, 3)`` of unit ``norm``: a point ``r · d`` then has distance exactly ``r``.
 
     For ℓ2 the directions are uniform on the sphere; for ℓ∞ they are projected onto the cube's surface
-    (``d / ‖d‖_∞``). ``deterministic`` uses a Fibonacci lattice (the same for every target).
+    (``d / ‖d‖_∞``). ``deterministic`` uses antipodal pairs of a Fibonacci lattice (the same for every target,
+    :func:`antipodal_sphere_directions`).
     """
     if deterministic:
-        d = fibonacci_sphere_directions(n, device).unsqueeze(0).expand(batch, n, 3)
+        d = antipodal_sphere_directions(n, device).unsqueeze(0).expand(batch, n, 3)
     else:
         d = uniform_sphere_directions(batch, n, generator, device)
     if norm == "linf":
