@@ -204,6 +204,21 @@ class CuNeRFInferer(Inferer):
         self.intensity_activation, self.density_activation = intensity_activation, density_activation
         self.chunk_size = int(chunk_size)
         self.progress = bool(progress)
+        self.autocast_dtype: torch.dtype | None = None
+
+    def coarse_only(self) -> "CuNeRFInferer":
+        """A copy that renders with the coarse field alone (no fine pass at test time): the coarse render of a
+        model with a fine network, to report beside its fine render."""
+        twin = copy.copy(self)
+        twin.num_fine_eval = 0
+        return twin
+
+    def with_autocast(self, dtype: torch.dtype | None) -> "CuNeRFInferer":
+        """A copy whose field evaluations run under :func:`torch.autocast` with ``dtype`` (``None``: float32), on
+        the points' device; the rendering stays in float32 (see :mod:`cunerf_monai.precision`)."""
+        twin = copy.copy(self)
+        twin.autocast_dtype = dtype
+        return twin
 
     def with_training_forward_model(self) -> "CuNeRFInferer":
         """A copy that renders (in eval mode) with the training sample counts and a deterministic version of the
@@ -309,7 +324,12 @@ class CuNeRFInferer(Inferer):
         (:func:`~cunerf_monai.rendering.two_way_ray_weights`), so that it is centred on the target.
         """
         points = centres.unsqueeze(1) + samples.offsets * half.unsqueeze(1)
-        raw = field(points)
+        if self.autocast_dtype is None:
+            raw = field(points)
+        else:
+            with torch.autocast(points.device.type, dtype=self.autocast_dtype):
+                raw = field(points)
+            raw = raw.float()
         intensity = ACTIVATIONS[self.intensity_activation](raw[..., 0])
         if self.weighting == "uniform":
             weights = rendering.uniform_weights(samples.r)
