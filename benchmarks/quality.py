@@ -157,6 +157,7 @@ def result_row(name: str, volume: str, degradation: str, m: dict, total: float) 
         "margin_psnr": m["margin_psnr_db"],
         "margin_ssim": m["margin_ssim"],
         "misaligned_psnr": res.get("bicubic_misaligned", {}).get("psnr"),
+        "coarse_psnr": res.get("cunerf_coarse", {}).get("psnr"),  # a model with a fine pass: its coarse render
         "budget": m["budget"],
         "total_seconds": round(total, 1),
         "machine": m.get("machine"),
@@ -235,8 +236,9 @@ def docs_table(out_root: Path) -> str:
         f, b = r["factors"], r["budget"]
         where = f"×{max(f)} 3D" if len(set(f)) == 1 else f"×{max(f)} slice axis {f.index(max(f))}"
         mis = f"{r['misaligned_psnr']:.2f}" if r.get("misaligned_psnr") is not None else "—"
+        coarse = f" (coarse pass {r['coarse_psnr']:.2f})" if r.get("coarse_psnr") is not None else ""
         lines.append(
-            f"| {volume} | {r['degradation']} {where} | {r['ours_psnr']:.2f} / {r['ours_ssim']:.4f} "
+            f"| {volume} | {r['degradation']} {where} | {r['ours_psnr']:.2f} / {r['ours_ssim']:.4f}{coarse} "
             f"| {BASELINE_NAMES.get(r['best'], r['best'])} {r['best_psnr']:.2f} / {r['best_ssim']:.4f} "
             f"| {r['margin_psnr']:+.2f} | {r['margin_ssim']:+.4f} | {mis} "
             f"| {b['iterations']} × {b['points_per_iteration']:,}, {b['fit_seconds']:.0f} s, {b['render_seconds']:.0f} s |"
