@@ -139,6 +139,13 @@ def self_evaluate(
         "margin_psnr_db": results[OURS]["psnr"] - results[best]["psnr"],
         "margin_ssim": results[OURS]["ssim"] - results[best]["ssim"],
         "budget": budget,
+        "renderer": {  # what the fit trained and rendered with (the ablation rows differ only here)
+            "sampling": fitted.inferer.sampling,
+            "weighting": fitted.inferer.weighting,
+            "loss": type(settings.get_parsed_content("loss")).__name__,
+            "num_coarse_eval": fitted.inferer.num_coarse_eval,
+            "num_fine_eval": fitted.inferer.num_fine_eval,
+        },
         "validation_history": fitted.history,
         "machine": machine_description(),
     }
