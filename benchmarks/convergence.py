@@ -6,7 +6,7 @@ voxels), fits it with the bundle's training workflow (the config's own sampling,
 spans ``--iterations`` and the batch can be reduced with ``--batch``, both stated in the table) and, at log-spaced
 iterations (0, 1, 2, 4, … and the last), renders the whole HR crop with the config's test-time counts and scores it
 against the HR crop: the final render (the fine network's, when the config renders a fine pass) and the coarse
-network's render alone. Training wall time excludes the measurements; training points/s is the field evaluations
+network's render alone (a case stopped by ``--minutes`` is also measured where it stopped). Training wall time excludes the measurements; training points/s is the field evaluations
 of the training steps over that time.
 
 Runs are resumable: every case keeps its checkpoints and its measurements in ``--work``; the same command continues
@@ -140,9 +140,9 @@ def run_case(field: str, degradation: str, args: argparse.Namespace) -> dict:
     def score(render: torch.Tensor) -> float:
         return round(float(psnr(np.clip(denormalize_intensity(render, record.intensity_range).numpy(), 0, 1), hr)), 3)
 
-    def measure(engine) -> None:
+    def measure(engine, stopping: bool = False) -> None:
         it = int(engine.state.iteration)
-        if it not in marks or any(p["iteration"] == it for p in points):
+        if (it not in marks and not stopping) or any(p["iteration"] == it for p in points):
             return
         was_training = network.training
         network.eval()
@@ -182,10 +182,11 @@ def run_case(field: str, degradation: str, args: argparse.Namespace) -> dict:
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _epoch(engine) -> None:  # the workflow's checkpoint of this epoch is written right after this handler
-        save(True, engine)
-        if args.minutes is not None and clock["session"] >= args.minutes * 60.0:
+        if args.minutes is not None and clock["session"] >= args.minutes * 60.0 and engine.state.iteration < args.iterations:
             logging.info(f"{name}: stopping after {clock['session']:.0f} s of training in this run (resumable)")
+            measure(engine, stopping=True)  # the last iteration trained is measured too
             engine.terminate()
+        save(True, engine)
 
     workflow.run()
     workflow.finalize()
