@@ -94,6 +94,7 @@ def _save(path: Path, data: dict) -> None:
 
 def run_case(field: str, degradation: str, args: argparse.Namespace) -> dict:
     """Fit (or continue fitting) one case and measure at its marks; returns the case's record."""
+    import nibabel as nib
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
 
@@ -119,9 +120,10 @@ def run_case(field: str, degradation: str, args: argparse.Namespace) -> dict:
     if points and points[-1]["iteration"] >= args.iterations:
         logging.info(f"{name}: finished earlier")
         return state
-    lr_np = __import__("nibabel").load(str(lr_path))
-    baselines = {k: psnr(np.clip(v, 0.0, 1.0), hr) for k, v in run_baselines(
-        np.asarray(lr_np.dataobj, dtype=np.float32), lr_np.affine, hr.shape, hr_affine, include_misaligned=False).items()}
+    lr = nib.load(str(lr_path))
+    lr_np = np.asarray(lr.dataobj, dtype=np.float32)
+    predictions = run_baselines(lr_np, lr.affine, hr.shape, hr_affine, include_misaligned=False)
+    baselines = {k: psnr(np.clip(v, 0.0, 1.0), hr) for k, v in predictions.items()}
 
     files = [str(CONFIGS / f) for f in FIELDS[field]["files"]]
     workflow = ConfigWorkflow(config_file=files, workflow_type="train", input_image=str(lr_path),
