@@ -236,7 +236,8 @@ def write_outputs(out: Path, result: dict, update_docs: bool) -> None:
         f"Machine: {result['machine']}",
         f"Colin27 central crop {result['crop']}³ (HR), ×{result['scale']} 3D; schedule {result['iterations']} iterations "
         f"(learning-rate decay compressed into it); budget: {result['budget']}. PSNR of the whole HR crop; the final "
-        "render is the fine network's when the config renders a fine pass, the coarse network's render beside it.",
+        "render is the fine network's when the config renders a fine pass, the coarse network's render beside it; "
+        "training points/s is the mean since the start of the run that trained up to that iteration.",
         "",
         "| field | degradation | batch (cubes × points) | iteration | training time (s) | training points/s | final PSNR "
         "| coarse PSNR | best aligned baseline |",
@@ -265,11 +266,11 @@ def write_outputs(out: Path, result: dict, update_docs: bool) -> None:
             f"{est['flops_per_iteration'] / 1e12:.2f} TFLOP per iteration of {est['schedule']['batch_size']} cubes and "
             f"{est['total_flops'] / 1e18:.1f} EFLOP for {est['schedule']['iterations']:,} iterations: {hours}.",
         ]
-    (out / "convergence.md").write_text("\n".join(lines) + "\n")
+    (out / "convergence.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     if update_docs:
         from docs_block import DOCS, replace_block
 
-        replace_block(DOCS, "convergence", (out / "convergence.md").read_text().split("\n", 2)[2])
+        replace_block(DOCS, "convergence", (out / "convergence.md").read_text(encoding="utf-8").split("\n", 2)[2])
 
 
 def run(args: argparse.Namespace) -> Path:

@@ -185,7 +185,7 @@ def publish(out: Path, result: dict, update_docs: bool) -> None:
     if update_docs:
         from docs_block import DOCS, replace_block
 
-        text = (out / "time_to_quality.md").read_text().split("\n", 2)[2]
+        text = (out / "time_to_quality.md").read_text(encoding="utf-8").split("\n", 2)[2]
         replace_block(DOCS, f"time_to_quality_{result['degradation']}", text)
 
 
@@ -232,7 +232,7 @@ def write_table(out: Path, result: dict) -> None:
             f"{last['iteration']} it) | {last['psnr'] - target:+.2f} | {max(p['psnr'] for p in pts) - target:+.2f} "
             f"| {f'{above[0] / 60:.1f} min' if above else 'not reached'} |"
         )
-    (out / "time_to_quality.md").write_text("\n".join(lines) + "\n")
+    (out / "time_to_quality.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -93,7 +93,7 @@ def test_time_to_quality_headline_is_the_final_checkpoint(tmp_path):
     write_table(tmp_path, {"machine": "m", "volume": "v.nii.gz", "degradation": "box", "factors": [2, 2, 2],
                            "baselines_psnr": {"bspline": 32.0}, "best_baseline": "bspline",
                            "curves": {"hashgrid": curve}})
-    row = (tmp_path / "time_to_quality.md").read_text().splitlines()[-1].split("|")
+    row = (tmp_path / "time_to_quality.md").read_text(encoding="utf-8").splitlines()[-1].split("|")
     assert row[4].strip() == "31.50 (2.0 min, 20 it)"
     assert row[5].strip() == "-0.50"  # the final checkpoint against the baseline (the headline)
     assert row[6].strip() == "+1.00"  # the best measurement, picked on the HR volume, beside it
