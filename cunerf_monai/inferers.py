@@ -301,7 +301,7 @@ class CuNeRFInferer(Inferer):
             s = sampling.sample_pdf(edges, weights, n, deterministic, generator)
             return CubeSamples((s - 1.0).unsqueeze(-1) * coarse.direction, s, coarse.direction)
         r_max = sampling.max_distance(self.norm)
-        edges = sampling.radius_bin_edges(coarse.r, r_max)
+        edges, weights = sampling.shell_bins(coarse.r, weights, r_max)  # equal radii (mirror pairs) share a bin
         if deterministic:  # centred: ⌊n/2⌋ radii, each at an antipodal pair of directions (+ the centre if n is odd)
             radii = sampling.sample_pdf(edges, weights, n // 2, True).repeat_interleave(2, dim=-1)
             radii = torch.cat([torch.zeros_like(radii[:, : n % 2]), radii], dim=-1)

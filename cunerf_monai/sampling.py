@@ -30,6 +30,7 @@ __all__ = [
     "antipodal_sphere_directions",
     "directions",
     "radius_bin_edges",
+    "shell_bins",
     "sample_pdf",
     "ray_offsets",
 ]
@@ -236,6 +237,42 @@ def radius_bin_edges(radii: torch.Tensor, r_max: float) -> torch.Tensor:
     zeros = torch.zeros_like(radii[..., :1])
     top = torch.full_like(radii[..., :1], float(r_max))
     return torch.cat([zeros, mids, torch.maximum(top, radii[..., -1:])], dim=-1)
+
+
+def shell_bins(radii: torch.Tensor, weights: torch.Tensor, r_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bins of :func:`radius_bin_edges` over *distinct* sorted radii, with the weights of equal radii summed.
+
+    Samples at one radius (a point and its mirror image) are one shell: their bin is the shell's, between the
+    midpoints to the neighbouring shells, and holds their summed weight. Unused trailing bins (a row with fewer
+    distinct radii than samples) are empty and sit at ``r_max``. Without ties this is
+    ``(radius_bin_edges(radii, r_max), weights)``.
+
+    Args:
+        radii: sorted radii ``(B, N)``.
+        weights: non-negative weights ``(B, N)`` of the samples.
+        r_max: outer edge.
+
+    Returns:
+        ``(edges (B, N + 1), bin weights (B, N))``.
+
+    Examples::
+
+        >>> edges, w = shell_bins(torch.tensor([[0.2, 0.5, 0.5, 0.9]]), torch.tensor([[1.0, 2.0, 3.0, 4.0]]), 1.0)
+        >>> edges, w
+        (tensor([[0.0000, 0.3500, 0.7000, 1.0000, 1.0000]]), tensor([[1., 5., 4., 0.]]))
+    """
+    new = torch.ones_like(radii, dtype=torch.long)
+    new[..., 1:] = (radii[..., 1:] > radii[..., :-1]).long()
+    idx = new.cumsum(dim=-1) - 1
+    shells = idx[..., -1:] + 1
+    used = torch.arange(radii.shape[-1], device=radii.device).expand_as(idx) < shells
+    top = max(float(r_max), float(radii.max())) if radii.numel() else float(r_max)
+    shell_r = torch.full_like(radii, top).scatter(-1, idx, radii)
+    shell_w = torch.zeros_like(weights).scatter_add(-1, idx, weights)
+    edges = radius_bin_edges(shell_r, r_max)
+    beyond = torch.arange(edges.shape[-1], device=radii.device).expand_as(edges) >= shells  # the last shell ends at top
+    edges = torch.where(beyond, torch.full_like(edges, top), edges)
+    return edges, torch.where(used, shell_w, torch.zeros_like(shell_w))
 
 
 def sample_pdf(

@@ -295,3 +295,26 @@ class TestRayOffsets(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestShellBins(unittest.TestCase):
+    def test_without_ties_it_is_radius_bin_edges(self):
+        g = torch.Generator().manual_seed(7)
+        r = (torch.rand(5, 9, generator=g) * 1.7).sort(-1).values
+        w = torch.rand(5, 9, generator=g)
+        edges, bins = sampling.shell_bins(r, w, math.sqrt(3))
+        torch.testing.assert_close(edges, sampling.radius_bin_edges(r, math.sqrt(3)), rtol=0, atol=0)
+        torch.testing.assert_close(bins, w, rtol=0, atol=0)
+
+    def test_mirror_pairs_are_one_bin(self):
+        # each radius twice (a point and its mirror): the bins of the distinct radii, with summed weights
+        r = torch.tensor([[0.3, 0.8, 1.2]])
+        w = torch.tensor([[1.0, 2.0, 3.0]])
+        edges, bins = sampling.shell_bins(r.repeat_interleave(2, -1), w.repeat_interleave(2, -1) / 2, 1.5)
+        expected = sampling.radius_bin_edges(r, 1.5)
+        torch.testing.assert_close(edges[:, :4], expected)
+        torch.testing.assert_close(edges[:, 4:], torch.full((1, 3), 1.5))
+        torch.testing.assert_close(bins, torch.tensor([[1.0, 2.0, 3.0, 0.0, 0.0, 0.0]]))
+        # the deterministic samples of Eq. 12 are those of the de-duplicated PDF
+        torch.testing.assert_close(sampling.sample_pdf(edges, bins, 6, deterministic=True),
+                                   sampling.sample_pdf(expected, w, 6, deterministic=True), atol=1e-4, rtol=0)
