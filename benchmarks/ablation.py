@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> Path:
         "num_coarse_eval": 8,
         "num_fine_eval": 8,
         "chunk_size": 8192,
+        "resume": False,  # a rerun row is fitted afresh, not continued from the previous run's checkpoint
     }
     overrides.update(json.loads(args.overrides) if args.overrides else {})
     stored = out_root / "ablation.json"
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> Path:
         rows.append({"variant": variant, "psnr": m["results"]["cunerf"]["psnr"],
                      "ssim": m["results"]["cunerf"]["ssim"], "best": m["best_aligned_baseline"],
                      "best_psnr": m["results"][m["best_aligned_baseline"]]["psnr"], "budget": m["budget"],
+                     "coarse_psnr": m["results"].get("cunerf_coarse", {}).get("psnr"), "renderer": m["renderer"],
                      "seconds": round(time.perf_counter() - start, 1), "hr_shape": m["hr_shape"]})
         rows.sort(key=lambda r: VARIANTS.index(r["variant"]))
         write_table(out_root, rows, args, machine_description())

@@ -167,6 +167,7 @@ def result_row(name: str, volume: str, degradation: str, m: dict, total: float) 
         "margin_psnr": m["margin_psnr_db"],
         "margin_ssim": m["margin_ssim"],
         "misaligned_psnr": res.get("bicubic_misaligned", {}).get("psnr"),
+        "coarse_psnr": res.get("cunerf_coarse", {}).get("psnr"),  # a model with a fine pass: its coarse render
         "budget": m["budget"],
         "total_seconds": round(total, 1),
         "fitted_forward_model": m.get("forward_model"),
@@ -264,8 +265,9 @@ def docs_table(out_root: Path) -> str:
                            f"{bl['margin_ssim']:+.4f}")
         else:
             blind_cells = ("—", "—", "—")
+        coarse = f" (coarse pass {r['coarse_psnr']:.2f})" if r.get("coarse_psnr") is not None else ""
         lines.append(
-            f"| {volume} | {r['degradation']} {where} | {r['ours_psnr']:.2f} / {r['ours_ssim']:.4f} | {blind_cells[0]} "
+            f"| {volume} | {r['degradation']} {where} | {r['ours_psnr']:.2f} / {r['ours_ssim']:.4f}{coarse} | {blind_cells[0]} "
             f"| {BASELINE_NAMES.get(r['best'], r['best'])} {r['best_psnr']:.2f} / {r['best_ssim']:.4f} "
             f"| {r['margin_psnr']:+.2f} | {blind_cells[1]} | {r['margin_ssim']:+.4f} | {blind_cells[2]} | {mis} "
             f"| {b['iterations']} × {b['points_per_iteration']:,}, {b['fit_seconds']:.0f} s, {b['render_seconds']:.0f} s |"

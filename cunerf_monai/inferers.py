@@ -121,7 +121,8 @@ class CuNeRFInferer(Inferer):
         cube_sampling: training cube samples: random ``"stratified"`` or ``"uniform"`` (the paper), or the fixed
             ``"grid"`` (midpoint rule: with ``k³`` points in an LR voxel of a ×k box degradation these are exactly
             the HR voxel centres) or ``"qmc"``.
-        eval_cube_sampling: rendering cube samples, ``"qmc"`` or ``"grid"`` (both deterministic).
+        eval_cube_sampling: rendering cube samples, ``"qmc"`` (point-symmetric) or ``"grid"`` (both deterministic and
+            symmetric about the target; the fine pass uses antipodal directions, a ray render both ray directions).
         grid_counts: ticks per axis of the ``"grid"`` sampling, e.g. ``(2, 2, 1)`` for an LR voxel that averages a ×2
             footprint in-plane and is a point through-plane (``k`` samples instead of ``k³`` for a slice-axis box
             degradation); used whenever a ``"grid"`` pass has ``prod(grid_counts)`` samples. ``None``: ``k×k×k``.
@@ -209,6 +210,21 @@ class CuNeRFInferer(Inferer):
         self.intensity_activation, self.density_activation = intensity_activation, density_activation
         self.chunk_size = int(chunk_size)
         self.progress = bool(progress)
+        self.autocast_dtype: torch.dtype | None = None
+
+    def coarse_only(self) -> "CuNeRFInferer":
+        """A copy that renders with the coarse field alone (no fine pass at test time): the coarse render of a
+        model with a fine network, to report beside its fine render."""
+        twin = copy.copy(self)
+        twin.num_fine_eval = 0
+        return twin
+
+    def with_autocast(self, dtype: torch.dtype | None) -> "CuNeRFInferer":
+        """A copy whose field evaluations run under :func:`torch.autocast` with ``dtype`` (``None``: float32), on
+        the points' device; the rendering stays in float32 (see :mod:`cunerf_monai.precision`)."""
+        twin = copy.copy(self)
+        twin.autocast_dtype = dtype
+        return twin
 
     def with_training_forward_model(self) -> "CuNeRFInferer":
         """A copy that renders (in eval mode) with the training sample counts and a deterministic version of the
@@ -293,23 +309,43 @@ class CuNeRFInferer(Inferer):
             s = sampling.sample_pdf(edges, weights, n, deterministic, generator)
             return CubeSamples((s - 1.0).unsqueeze(-1) * coarse.direction, s, coarse.direction)
         r_max = sampling.max_distance(self.norm)
-        edges = sampling.radius_bin_edges(coarse.r, r_max)
-        radii = sampling.sample_pdf(edges, weights, n, deterministic, generator)
+        edges, weights = sampling.shell_bins(coarse.r, weights, r_max)  # equal radii (mirror pairs) share a bin
+        if deterministic:  # centred: ⌊n/2⌋ radii, each at an antipodal pair of directions (+ the centre if n is odd)
+            radii = sampling.sample_pdf(edges, weights, n // 2, True).repeat_interleave(2, dim=-1)
+            radii = torch.cat([torch.zeros_like(radii[:, : n % 2]), radii], dim=-1)
+        else:
+            radii = sampling.sample_pdf(edges, weights, n, False, generator)
         dirs = sampling.directions(batch, n, self.norm, deterministic, generator, device)
         return CubeSamples(radii.unsqueeze(-1) * dirs, radii)
 
     def _shade(
-        self, field: nn.Module, centres: torch.Tensor, half: torch.Tensor, samples: CubeSamples
+        self,
+        field: nn.Module,
+        centres: torch.Tensor,
+        half: torch.Tensor,
+        samples: CubeSamples,
+        deterministic: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Evaluate a field at the samples and render: returns ``(value (B,), weights (B, N))``."""
+        """Evaluate a field at the samples and render: returns ``(value (B,), weights (B, N))``.
+
+        A deterministic ray render composites the ray from both ends and averages
+        (:func:`~cunerf_monai.rendering.two_way_ray_weights`), so that it is centred on the target.
+        """
         points = centres.unsqueeze(1) + samples.offsets * half.unsqueeze(1)
-        raw = field(points)
+        if self.autocast_dtype is None:
+            raw = field(points)
+        else:
+            with torch.autocast(points.device.type, dtype=self.autocast_dtype):
+                raw = field(points)
+            raw = raw.float()
         intensity = ACTIVATIONS[self.intensity_activation](raw[..., 0])
         if self.weighting == "uniform":
             weights = rendering.uniform_weights(samples.r)
         else:
             sigma = ACTIVATIONS[self.density_activation](raw[..., 1])
-            if self.sampling == "ray" or self.weighting == "volume":
+            if self.sampling == "ray" and deterministic:
+                weights = rendering.two_way_ray_weights(sigma, samples.r, self.normalize_weights)
+            elif self.sampling == "ray" or self.weighting == "volume":
                 weights = rendering.ray_weights(sigma, samples.r, self.normalize_weights)
             else:
                 weights = rendering.isotropic_weights(sigma, samples.r, self.normalize_weights)
@@ -335,11 +371,11 @@ class CuNeRFInferer(Inferer):
         half = torch.as_tensor(half_extent, dtype=centres.dtype, device=centres.device).expand(batch, 3)
         coarse_field, fine_field = _fields(network)
         coarse = self._draw_coarse(batch, num_coarse, deterministic, generator, centres.device)
-        value_c, weights_c = self._shade(coarse_field, centres, half, coarse)
+        value_c, weights_c = self._shade(coarse_field, centres, half, coarse, deterministic)
         out = {"coarse": value_c}
         if num_fine > 0:
             fine = self._draw_fine(coarse, weights_c.detach(), num_fine, deterministic, generator)
-            value_f, _ = self._shade(fine_field, centres, half, coarse.union(fine))
+            value_f, _ = self._shade(fine_field, centres, half, coarse.union(fine), deterministic)
             out["fine"] = value_f
         return out
 

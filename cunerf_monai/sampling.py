@@ -7,7 +7,8 @@ a constant), so ``r ∈ [0, √3]`` for the ℓ2 norm and ``r ∈ [0, 1]`` for �
 
 Fixes of the reference code: samples are uniform in the cube (no corner bias), directions are uniform on the
 sphere (not in θ), the hierarchical bins are monotone edges between sorted radii, and the test-time pass is
-deterministic.
+deterministic and centred: its cube points and fine directions are point-symmetric sets (every sample has its
+mirror image about the target), so a render is not shifted off the target.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ __all__ = [
     "max_distance",
     "uniform_sphere_directions",
     "fibonacci_sphere_directions",
+    "antipodal_sphere_directions",
     "directions",
     "radius_bin_edges",
+    "shell_bins",
     "sample_pdf",
     "ray_offsets",
 ]
@@ -124,20 +127,30 @@ def grid_cube_offsets(
 
 
 def qmc_cube_offsets(n: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Deterministic low-discrepancy points in ``[-1, 1]^3`` for any ``n`` (Roberts' R3 sequence), ``(n, 3)``.
+    """Deterministic, point-symmetric low-discrepancy points in ``[-1, 1]^3`` for any ``n``, ``(n, 3)``.
 
-    ``x_k = frac(0.5 + k·α)``, ``k = 1 … n``, with ``α = (1/g, 1/g², 1/g³)`` and ``g`` the positive root of
-    ``g⁴ = g + 1``. Unlike a regular grid, the points have distinct distances from the centre, so the isotropic
-    renderer's ``δ`` are not all zero. ``n = 1`` gives the cube centre (a point query).
+    ``m = ⌊n/2⌋`` points of Roberts' R3 sequence, ``p_k = 2·frac(0.5 + k·α) − 1``, ``k = 1 … m``, with
+    ``α = (1/g, 1/g², 1/g³)`` and ``g`` the positive root of ``g⁴ = g + 1``, each followed by its mirror image
+    ``−p_k``; an odd ``n`` starts with the cube centre. The set is symmetric about the centre (its mean is exactly
+    0, so with weights that depend only on the distance a linear field renders to its centre value). A point and
+    its mirror share a distance; the renderer composites them as one shell
+    (:func:`cunerf_monai.rendering.isotropic_weights`). ``n = 1`` gives the cube centre (a point query).
+
+    Examples::
+
+        >>> pts = qmc_cube_offsets(5)
+        >>> pts.shape, bool((pts[1::2] == -pts[2::2]).all()), pts[0].tolist()
+        (torch.Size([5, 3]), True, [0.0, 0.0, 0.0])
     """
     if n < 1:
         raise ValueError(f"n must be positive, got {n}.")
-    if n == 1:
-        return torch.zeros(1, 3, device=device)
     g = 1.2207440846057596
     alpha = torch.tensor([1.0 / g, 1.0 / g**2, 1.0 / g**3], dtype=torch.float64)
-    k = torch.arange(1, n + 1, dtype=torch.float64).unsqueeze(-1)
-    pts = torch.frac(0.5 + k * alpha) * 2.0 - 1.0
+    k = torch.arange(1, n // 2 + 1, dtype=torch.float64).unsqueeze(-1)
+    half = torch.frac(0.5 + k * alpha) * 2.0 - 1.0
+    pts = torch.stack([half, -half], dim=1).reshape(-1, 3)
+    if n % 2:
+        pts = torch.cat([torch.zeros(1, 3, dtype=torch.float64), pts])
     return pts.to(dtype=torch.float32, device=device)
 
 
@@ -207,6 +220,32 @@ def fibonacci_sphere_directions(n: int, device: torch.device | str | None = None
     return torch.stack([sin_phi * torch.cos(theta), sin_phi * torch.sin(theta), cos_phi], dim=-1)
 
 
+def antipodal_sphere_directions(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Deterministic, nearly even unit vectors in antipodal pairs, shape ``(n, 3)``.
+
+    ``m = ⌊n/2⌋`` directions of a Fibonacci lattice on the upper hemisphere (``cos φ_k = 1 − (k + ½)/m``,
+    ``θ_k = π(1 + √5)k``), each followed by its opposite ``−d_k``, so the set is symmetric about the centre and
+    covers the whole sphere evenly. An odd ``n`` starts with ``+z``, the one unpaired direction (the renderer puts
+    it at radius 0, the centre).
+
+    Examples::
+
+        >>> d = antipodal_sphere_directions(6)
+        >>> bool((d[0::2] == -d[1::2]).all()), bool(torch.allclose(d.sum(0), torch.zeros(3)))
+        (True, True)
+    """
+    m = n // 2
+    i = torch.arange(m, dtype=torch.float32, device=device) + 0.5
+    cos_phi = 1.0 - i / max(m, 1)
+    sin_phi = (1.0 - cos_phi**2).clamp_min(0.0).sqrt()
+    theta = math.pi * (1.0 + math.sqrt(5.0)) * (i - 0.5)
+    half = torch.stack([sin_phi * torch.cos(theta), sin_phi * torch.sin(theta), cos_phi], dim=-1)
+    d = torch.stack([half, -half], dim=1).reshape(-1, 3)
+    if n % 2:
+        d = torch.cat([torch.tensor([[0.0, 0.0, 1.0]], device=device), d])
+    return d
+
+
 def directions(
     batch: int,
     n: int,
@@ -218,10 +257,11 @@ def directions(
     """Directions ``(batch, n, 3)`` of unit ``norm``: a point ``r · d`` then has distance exactly ``r``.
 
     For ℓ2 the directions are uniform on the sphere; for ℓ∞ they are projected onto the cube's surface
-    (``d / ‖d‖_∞``). ``deterministic`` uses a Fibonacci lattice (the same for every target).
+    (``d / ‖d‖_∞``). ``deterministic`` uses antipodal pairs of a Fibonacci lattice (the same for every target,
+    :func:`antipodal_sphere_directions`).
     """
     if deterministic:
-        d = fibonacci_sphere_directions(n, device).unsqueeze(0).expand(batch, n, 3)
+        d = antipodal_sphere_directions(n, device).unsqueeze(0).expand(batch, n, 3)
     else:
         d = uniform_sphere_directions(batch, n, generator, device)
     if norm == "linf":
@@ -240,6 +280,42 @@ def radius_bin_edges(radii: torch.Tensor, r_max: float) -> torch.Tensor:
     zeros = torch.zeros_like(radii[..., :1])
     top = torch.full_like(radii[..., :1], float(r_max))
     return torch.cat([zeros, mids, torch.maximum(top, radii[..., -1:])], dim=-1)
+
+
+def shell_bins(radii: torch.Tensor, weights: torch.Tensor, r_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bins of :func:`radius_bin_edges` over *distinct* sorted radii, with the weights of equal radii summed.
+
+    Samples at one radius (a point and its mirror image) are one shell: their bin is the shell's, between the
+    midpoints to the neighbouring shells, and holds their summed weight. Unused trailing bins (a row with fewer
+    distinct radii than samples) are empty and sit at ``r_max``. Without ties this is
+    ``(radius_bin_edges(radii, r_max), weights)``.
+
+    Args:
+        radii: sorted radii ``(B, N)``.
+        weights: non-negative weights ``(B, N)`` of the samples.
+        r_max: outer edge.
+
+    Returns:
+        ``(edges (B, N + 1), bin weights (B, N))``.
+
+    Examples::
+
+        >>> edges, w = shell_bins(torch.tensor([[0.2, 0.5, 0.5, 0.9]]), torch.tensor([[1.0, 2.0, 3.0, 4.0]]), 1.0)
+        >>> edges, w
+        (tensor([[0.0000, 0.3500, 0.7000, 1.0000, 1.0000]]), tensor([[1., 5., 4., 0.]]))
+    """
+    new = torch.ones_like(radii, dtype=torch.long)
+    new[..., 1:] = (radii[..., 1:] > radii[..., :-1]).long()
+    idx = new.cumsum(dim=-1) - 1
+    shells = idx[..., -1:] + 1
+    used = torch.arange(radii.shape[-1], device=radii.device).expand_as(idx) < shells
+    top = max(float(r_max), float(radii.max())) if radii.numel() else float(r_max)
+    shell_r = torch.full_like(radii, top).scatter(-1, idx, radii)
+    shell_w = torch.zeros_like(weights).scatter_add(-1, idx, weights)
+    edges = radius_bin_edges(shell_r, r_max)
+    beyond = torch.arange(edges.shape[-1], device=radii.device).expand_as(edges) >= shells  # the last shell ends at top
+    edges = torch.where(beyond, torch.full_like(edges, top), edges)
+    return edges, torch.where(used, shell_w, torch.zeros_like(shell_w))
 
 
 def sample_pdf(

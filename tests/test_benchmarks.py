@@ -71,3 +71,29 @@ def test_time_to_quality_keeps_the_other_fields_of_the_same_case(tmp_path):
     assert stored_curves(path, other) == ({}, {})  # another case starts afresh
     assert config_value("hashgrid_residual", "num_iterations") == 1600  # the overlay's value wins over train.json
     assert config_value("spline", "num_iterations") == 150
+
+
+def test_convergence_marks_and_data_folder(monkeypatch, tmp_path):
+    from convergence import data_root, eval_marks
+
+    assert eval_marks(20) == [0, 1, 2, 4, 8, 16, 20]
+    assert eval_marks(16) == [0, 1, 2, 4, 8, 16]
+    assert eval_marks(1) == [0, 1]
+    monkeypatch.delenv("CUNERF_DATA", raising=False)
+    assert data_root() == ROOT.parent / "shared" / "data"
+    monkeypatch.setenv("CUNERF_DATA", str(tmp_path))
+    assert data_root() == tmp_path and data_root("/elsewhere") == Path("/elsewhere")
+
+
+def test_time_to_quality_headline_is_the_final_checkpoint(tmp_path):
+    from time_to_quality import write_table
+
+    curve = [{"seconds": 0.0, "iteration": 0, "psnr": 30.0}, {"seconds": 60.0, "iteration": 10, "psnr": 33.0},
+             {"seconds": 120.0, "iteration": 20, "psnr": 31.5}]
+    write_table(tmp_path, {"machine": "m", "volume": "v.nii.gz", "degradation": "box", "factors": [2, 2, 2],
+                           "baselines_psnr": {"bspline": 32.0}, "best_baseline": "bspline",
+                           "curves": {"hashgrid": curve}})
+    row = (tmp_path / "time_to_quality.md").read_text(encoding="utf-8").splitlines()[-1].split("|")
+    assert row[4].strip() == "31.50 (2.0 min, 20 it)"
+    assert row[5].strip() == "-0.50"  # the final checkpoint against the baseline (the headline)
+    assert row[6].strip() == "+1.00"  # the best measurement, picked on the HR volume, beside it

@@ -36,6 +36,7 @@ def test_quality_table_is_the_stored_runs():
         ("ablation", RESULTS / "ablation" / "ablation.md"),
         ("time_to_quality_nearest", RESULTS / "time_to_quality" / "nearest" / "time_to_quality.md"),
         ("time_to_quality_box", RESULTS / "time_to_quality" / "box" / "time_to_quality.md"),
+        ("convergence", RESULTS / "convergence" / "convergence.md"),
     ],
 )
 def test_tables_are_the_result_files(name, result):

@@ -1,6 +1,9 @@
 """Image-quality metrics for volume super-resolution: PSNR, slice-wise / 3D SSIM, foreground masks.
 
-All volumes are 3D arrays ``(X, Y, Z)`` with intensities in ``[0, 1]`` (``data_range = 1``); they are not clipped.
+All volumes are 3D arrays ``(X, Y, Z)`` with intensities in ``[0, 1]`` (``data_range = 1``). The functions here
+score what they are given and never clip; the evaluation that calls them
+(:func:`cunerf_monai.evaluation.selfeval.self_evaluate`, the benchmarks) clips every method's prediction to the HR
+range ``[0, 1]`` first, so an output that overshoots the range is scored as its clipped value.
 
 Planes (slice axis of the ``(X, Y, Z)`` array, see :data:`PLANE_AXES`):
 

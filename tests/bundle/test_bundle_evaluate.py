@@ -41,14 +41,28 @@ def test_evaluate_workflow(tmp_path, degradation, slice_axis):
     assert metrics["lr_shape"] == expected_lr and metrics["hr_shape"] == [24, 20, 16]
     results = metrics["results"]
     assert {"nearest", "trilinear", "bspline", "keys", "bicubic_misaligned", "cunerf"} <= set(results)
+    assert "cunerf_coarse" not in results  # the default config renders no fine pass
     for scores in results.values():
         assert 0.0 < scores["ssim"] <= 1.0 and np.isfinite(scores["psnr"])
+    psnr = {k: v["psnr"] for k, v in results.items()}
+    if degradation == "nearest":
+        # the misaligned resize reads every voxel half an LR voxel off: each aligned smooth baseline beats it by
+        # several dB (measured: trilinear 33.5, B-spline 34.3, Keys 34.4, misaligned 27.1)
+        for name in ("trilinear", "bspline", "keys"):
+            assert psnr[name] > psnr["bicubic_misaligned"] + 3.0, (name, psnr)
+    else:
+        # a ×2 box average is the one case where the pixel-centre convention is the true geometry: the careless
+        # resize then *is* the aligned cubic B-spline interpolant
+        assert psnr["bicubic_misaligned"] == pytest.approx(psnr["bspline"], abs=0.05)
     # a smooth volume: aligned cubic interpolation is far better than nearest
-    assert results["bspline"]["psnr"] > results["nearest"]["psnr"] + 3.0
-    assert metrics["best_aligned_baseline"] in ("nearest", "trilinear", "bspline", "keys")
-    assert metrics["margin_psnr_db"] == pytest.approx(
-        results["cunerf"]["psnr"] - results[metrics["best_aligned_baseline"]]["psnr"]
-    )
+    assert psnr["bspline"] > psnr["nearest"] + 3.0
+    best = metrics["best_aligned_baseline"]
+    assert best == max(("nearest", "trilinear", "bspline", "keys"), key=psnr.get)
+    # the default field starts at the B-spline interpolant of the LR volume and fits its forward model: six steps
+    # take it clear of every aligned baseline (measured: +1.6 dB under nearest, +2.3 dB under box); a fit that does
+    # not run, or runs the wrong way, stays at or falls below the interpolant
+    assert psnr["cunerf"] > psnr[best] + 0.8, psnr
+    assert metrics["margin_psnr_db"] == pytest.approx(psnr["cunerf"] - psnr[best])
     assert metrics["budget"]["iterations"] == 6 and metrics["budget"]["fit_seconds"] > 0
     assert "| cunerf |" in (out / "table.md").read_text().replace("  ", " ")
     with Image.open(out / "figure.png") as fig:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
+from cunerf_monai.geometry import TargetGrid
 from cunerf_monai.networks import ResidualField
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,23 +31,39 @@ def volume(tmp_path_factory) -> Path:
     return path
 
 
-def _train(overlay: str, volume: Path, out: Path) -> ConfigWorkflow:
+def _train(overlay: str, volume: Path, out: Path, **overrides) -> ConfigWorkflow:
     wf = ConfigWorkflow(config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "fields" / overlay)],
-                        workflow_type="train", input_image=str(volume), output_dir=str(out), **TINY,
-                        **SMALL_TABLE[overlay])
+                        workflow_type="train", input_image=str(volume), output_dir=str(out),
+                        **{**TINY, **overrides}, **SMALL_TABLE[overlay])
     wf.initialize()
     return wf
 
 
 @pytest.mark.parametrize("overlay, field_name", [("hashgrid.json", "hashgrid"),
                                                  ("hashgrid_residual.json", "hashgrid_residual")])
-def test_overlay_trains_and_renders(overlay, field_name, volume, tmp_path):
-    wf = _train(overlay, volume, tmp_path / "train")
+def forward_model_error(wf: ConfigWorkflow) -> float:
+    """Mean squared error between the volume and the fit's training forward model (each voxel rendered as its
+    cube, with the training sample counts, deterministically): what the training loss lowers."""
     network = wf.parser.get_parsed_content("network")
-    before = [p.detach().clone() for p in network.parameters()]
+    inferer = wf.parser.get_parsed_content("inferer").with_training_forward_model()
+    geometry = wf.parser.get_parsed_content("volume_record").geometry
+    image = wf.parser.get_parsed_content("train#image")[0].as_tensor().float()
+    rendered = inferer.render_grid(network, geometry, TargetGrid(tuple(geometry.shape), np.asarray(geometry.affine)))
+    return float(((rendered - image) ** 2).mean())
+
+
+@pytest.mark.parametrize("overlay, field_name", [("hashgrid.json", "hashgrid"),
+                                                 ("hashgrid_residual.json", "hashgrid_residual")])
+def test_overlay_trains_and_renders(overlay, field_name, volume, tmp_path):
+    # 40 steps (the overlay's learning-rate decay compressed into them), one validation at the end
+    wf = _train(overlay, volume, tmp_path / "train", num_iterations=40, epoch_length=40)
+    before = forward_model_error(wf)
     wf.run()
     wf.finalize()
-    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, network.parameters()))  # it trained
+    after = forward_model_error(wf)
+    # it trained towards the volume (measured: 0.052 → 0.010 for the hash grid, 6.1e-4 → 9.7e-5 on the B-spline
+    # prior); a loss of the wrong sign, or steps that do not reach the field, leave it at or above the start
+    assert after < 0.5 * before, (before, after)
     ckpt = tmp_path / "train" / "checkpoints" / "model.pt"
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["volume"]["field"] == field_name
     inf = ConfigWorkflow(config_file=[str(CONFIGS / "inference.json"), str(CONFIGS / "fields" / overlay)],

@@ -96,26 +96,34 @@ class TestCubeSamples(unittest.TestCase):
         with self.assertRaises(ValueError):
             sampling.grid_cube_offsets(8, counts=(2, 2, 1))
 
-    @parameterized.expand([("n8", 8), ("n100", 100), ("n4096", 4096)])
+    @parameterized.expand([("n8", 8), ("n9", 9), ("n100", 100), ("n4096", 4096)])
     def test_qmc_offsets(self, _, n):
         pts = sampling.qmc_cube_offsets(n)
         self.assertEqual(tuple(pts.shape), (n, 3))
         torch.testing.assert_close(pts, sampling.qmc_cube_offsets(n), rtol=0, atol=0)
-        self.assertTrue(bool((pts >= -1).all() and (pts < 1).all()))
+        self.assertTrue(bool((pts >= -1).all() and (pts <= 1).all()))
+        odd = n % 2
+        if odd:
+            torch.testing.assert_close(pts[0], torch.zeros(3), rtol=0, atol=0)  # the centre
+        pairs = pts[odd:]
+        # point-symmetric: every R3 point is followed by its mirror image, so the mean is exactly 0
+        torch.testing.assert_close(pairs[1::2], -pairs[0::2], rtol=0, atol=0)
+        self.assertEqual(float(pts.double().sum(0).abs().max()), 0.0)
         # first point: frac(0.5 + α) · 2 − 1 with α = (1/g, 1/g², 1/g³)
         g = 1.2207440846057596
         first = [((0.5 + g**-p) % 1.0) * 2.0 - 1.0 for p in (1, 2, 3)]
-        torch.testing.assert_close(pts[0].double(), torch.tensor(first, dtype=torch.float64), atol=1e-6, rtol=0)
-        # distinct distances from the centre (so the isotropic δ are not zero)
-        r = pts.double().norm(dim=-1)
+        torch.testing.assert_close(pairs[0].double(), torch.tensor(first, dtype=torch.float64), atol=1e-6, rtol=0)
+        # a point and its mirror share a distance; distinct pairs have distinct distances
+        r = pairs[0::2].double().norm(dim=-1)
+        torch.testing.assert_close(pairs[1::2].norm(dim=-1), pairs[0::2].norm(dim=-1), rtol=0, atol=0)
         if n <= 256:  # (at render-time sizes; with thousands of float32 points two norms can coincide)
-            self.assertEqual(r.unique().numel(), n)
+            self.assertEqual(r.unique().numel(), n // 2)
         if n >= 100:
-            # low discrepancy: the mean is much closer to 0 than random points' (≈ 0.58/√n)
-            self.assertLess(float(pts.mean(0).abs().max()), 5.0 / n)
+            # low discrepancy: the second moments are those of the uniform cube (1/3 per axis)
             self.assertLess(float((pts.pow(2).mean(0) - 1 / 3).abs().max()), 8.0 / n)
         expanded = sampling.cube_offsets(3, n, "qmc")
         torch.testing.assert_close(expanded, pts.expand(3, n, 3))
+        self.assertEqual(tuple(sampling.qmc_cube_offsets(1).tolist()[0]), (0.0, 0.0, 0.0))
 
     def test_cube_offsets_bad_mode(self):
         with self.assertRaises(ValueError):
@@ -173,6 +181,21 @@ class TestDirections(unittest.TestCase):
         # nearly even: the lattice's mean and second moments are those of the uniform sphere
         torch.testing.assert_close(d[0].mean(0), torch.zeros(3), atol=5e-3, rtol=0)
         torch.testing.assert_close(d[0].pow(2).mean(0), torch.full((3,), 1 / 3), atol=5e-3, rtol=0)
+
+    @parameterized.expand([("n8", 8), ("n9", 9), ("n2000", 2000)])
+    def test_antipodal_directions(self, _, n):
+        d = sampling.antipodal_sphere_directions(n)
+        self.assertEqual(tuple(d.shape), (n, 3))
+        torch.testing.assert_close(d.norm(dim=-1), torch.ones(n))
+        odd = n % 2
+        if odd:
+            torch.testing.assert_close(d[0], torch.tensor([0.0, 0.0, 1.0]), rtol=0, atol=0)
+        pairs = d[odd:]
+        torch.testing.assert_close(pairs[1::2], -pairs[0::2], rtol=0, atol=0)
+        self.assertTrue(bool((pairs[0::2, 2] > 0).all()))  # one of each pair on the upper hemisphere
+        if n >= 1000:  # nearly even: the second moments of the uniform sphere
+            torch.testing.assert_close(d.pow(2).mean(0), torch.full((3,), 1 / 3), atol=5e-3, rtol=0)
+        torch.testing.assert_close(sampling.directions(2, n, deterministic=True)[1], d, rtol=0, atol=0)
 
 
 class TestSamplePdf(unittest.TestCase):
@@ -272,3 +295,26 @@ class TestRayOffsets(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestShellBins(unittest.TestCase):
+    def test_without_ties_it_is_radius_bin_edges(self):
+        g = torch.Generator().manual_seed(7)
+        r = (torch.rand(5, 9, generator=g) * 1.7).sort(-1).values
+        w = torch.rand(5, 9, generator=g)
+        edges, bins = sampling.shell_bins(r, w, math.sqrt(3))
+        torch.testing.assert_close(edges, sampling.radius_bin_edges(r, math.sqrt(3)), rtol=0, atol=0)
+        torch.testing.assert_close(bins, w, rtol=0, atol=0)
+
+    def test_mirror_pairs_are_one_bin(self):
+        # each radius twice (a point and its mirror): the bins of the distinct radii, with summed weights
+        r = torch.tensor([[0.3, 0.8, 1.2]])
+        w = torch.tensor([[1.0, 2.0, 3.0]])
+        edges, bins = sampling.shell_bins(r.repeat_interleave(2, -1), w.repeat_interleave(2, -1) / 2, 1.5)
+        expected = sampling.radius_bin_edges(r, 1.5)
+        torch.testing.assert_close(edges[:, :4], expected)
+        torch.testing.assert_close(edges[:, 4:], torch.full((1, 3), 1.5))
+        torch.testing.assert_close(bins, torch.tensor([[1.0, 2.0, 3.0, 0.0, 0.0, 0.0]]))
+        # the deterministic samples of Eq. 12 are those of the de-duplicated PDF
+        torch.testing.assert_close(sampling.sample_pdf(edges, bins, 6, deterministic=True),
+                                   sampling.sample_pdf(expected, w, 6, deterministic=True), atol=1e-4, rtol=0)
