@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .utils import atomic_path
+from .utils import atomic_path, write_json
 
 __all__ = ["VOLUME_SUFFIXES", "list_volumes", "volume_names", "partition", "process_volume", "run_batch",
            "write_summary", "main"]
@@ -147,11 +147,6 @@ def _error_message(exc: BaseException) -> str:
     return f"{type(shown).__name__}: {shown}".strip()
 
 
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2))
-
-
 def process_volume(
     path: str,
     out_dir: Path,
@@ -178,7 +173,7 @@ def process_volume(
             "fit_seconds": round(result.seconds, 1),
             "validation_psnr": result.history,
         }
-        _write_json(out_dir / "fit.json", info)
+        write_json(out_dir / "fit.json", info)
         return {"output": sr, "model": str(out_dir / "model.pt"), "shape": list(grid.shape)}
     finally:
         del result
@@ -250,13 +245,13 @@ def run_batch(
             record.update(status="failed", error=_error_message(exc), output=None)
         record["seconds"] = round(time.perf_counter() - start, 2)
         records.append(record)
-        _write_json(rank_file, {**plan, "records": records})
+        write_json(rank_file, {**plan, "records": records})
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         logger.info(f"rank {rank}: {name} {record['status']} in {record['seconds']} s")
     if not mine:
-        _write_json(rank_file, {**plan, "records": records})
+        write_json(rank_file, {**plan, "records": records})
 
     plans = [plan]
     all_records = records
@@ -326,7 +321,7 @@ def write_summary(
         "ranks_with_another_volume_list": mismatched,
         "volumes": rows,
     }
-    _write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / "summary.json", summary)
     lines = [
         f"# Many-volume super-resolution: {summary['ok']} ok, {summary['failed']} failed"
         + (f", {summary['missing']} missing" if summary["missing"] else "")

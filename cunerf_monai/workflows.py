@@ -3,7 +3,6 @@ volume on a target grid (scale, spacing or a reference image) to NIfTI, render o
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ from .inferers import CuNeRFInferer, field_device
 from .io import load_volume, save_gif, save_nifti, save_png
 from .records import VolumeRecord
 from .transforms.array import denormalize_intensity
+from .utils import write_json
 
 __all__ = ["fitted_shape", "load_checkpoint", "target_grid", "render_volume", "render_slices", "VolumeRenderer", "sweep_angles"]
 
@@ -238,9 +238,6 @@ class VolumeRenderer:
         }
         if self.slices is not None:
             summary["slices"] = render_slices(self.network, self.inferer, record, out / "slices", **self.slices)
-        from .utils import atomic_path
-
-        with atomic_path(out / "render.json") as tmp:
-            Path(tmp).write_text(json.dumps(summary, indent=2))
+        write_json(out / "render.json", summary)
         logger.info(f"wrote {volume}")
         return summary
