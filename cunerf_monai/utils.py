@@ -1,4 +1,5 @@
-"""Small shared utilities: where the bundle lives, atomic file writes (JSON included)."""
+"""Small shared utilities: where the bundle lives and its config overlays, atomic file writes (JSON included),
+the telling error of an exception chain."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
-__all__ = ["bundle_root", "atomic_path", "write_json", "sample_volume_path"]
+__all__ = ["bundle_root", "resolve_overlays", "atomic_path", "write_json", "sample_volume_path", "telling_error"]
 
 
 def bundle_root() -> str:
@@ -23,6 +24,38 @@ def bundle_root() -> str:
         if (cand / "configs" / "metadata.json").is_file():
             return str(cand.resolve())
     return str((Path(__file__).resolve().parent.parent / "bundle"))
+
+
+def resolve_overlays(config: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[str]:
+    """Config overlay files as absolute paths: each item a path, or a name inside the bundle's ``configs/``
+    (e.g. ``train_paper.json``); a string may list several, comma-separated.
+
+    Raises:
+        FileNotFoundError: an overlay is neither a file nor a file in ``configs/``.
+    """
+    if config is None:
+        return []
+    items = [config] if isinstance(config, (str, os.PathLike)) else list(config)
+    names = [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+    out = []
+    for name in names:
+        p = Path(name)
+        if not p.is_file():
+            p = Path(bundle_root()) / "configs" / name
+        if not p.is_file():
+            raise FileNotFoundError(f"Config overlay not found: {name}")
+        out.append(str(p.resolve()))
+    return out
+
+
+def telling_error(exc: BaseException) -> BaseException:
+    """The most telling exception of a chain: MONAI wraps config errors in ``RuntimeError("Failed to evaluate
+    …")``, so follow the causes down to the first project error (``ValueError``, ``OSError`` such as
+    ``FileNotFoundError``, ``FloatingPointError``), which names the file and the problem."""
+    shown = exc
+    while not isinstance(shown, (ValueError, OSError, FloatingPointError)) and shown.__cause__ is not None:
+        shown = shown.__cause__
+    return shown
 
 
 def sample_volume_path() -> str:
