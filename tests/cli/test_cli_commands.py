@@ -16,44 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TINY_SHAPE, TINY_SPACING, tiny_affine
 from cunerf_monai.cli import main
-from cunerf_monai.geometry import rodrigues
 
-SHAPE = (12, 14, 10)
-SPACING = (1.5, 1.2, 3.0)
-TINY_OVERLAY = {
-    "epoch_length": 2,
-    "batch_size": 64,
-    "num_coarse": 8,
-    "num_fine": 0,
-    "num_coarse_eval": 4,
-    "num_fine_eval": 4,
-    "chunk_size": 2048,
-    "progress": False,
-}
-
-
-def _affine() -> np.ndarray:
-    aff = np.eye(4)
-    aff[:3, :3] = rodrigues((1.0, 2.0, 0.5), 20.0) @ np.diag(SPACING)
-    aff[:3, 3] = (-20.0, 10.0, 5.0)
-    return aff
-
-
-@pytest.fixture(scope="module")
-def tiny_nifti(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cli_data") / "tiny.nii.gz"
-    i, j, k = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
-    vol = 100 + 80 * np.sin(i / 3.0) * np.cos(j / 4.0) + 10 * k
-    nib.save(nib.Nifti1Image(vol.astype(np.int16), _affine()), str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_overlay(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cli_cfg") / "tiny_fit.json"
-    path.write_text(json.dumps(TINY_OVERLAY))
-    return path
+SHAPE, SPACING = TINY_SHAPE, TINY_SPACING
 
 
 def _help(argv: list[str], capsys) -> str:
@@ -142,7 +108,7 @@ def test_fit_render_slices_chain(tiny_nifti, tiny_overlay, tmp_path, capsys):
     np.testing.assert_allclose(np.linalg.norm(sr.affine[:3, :3], axis=0), np.asarray(SPACING) / 2, atol=1e-5)
     # input voxel i sits at output voxel 2i: same world position
     idx = np.array([[0, 0, 0], [11, 13, 9], [3, 7, 2]], dtype=np.float64)
-    lr = _affine()
+    lr = tiny_affine()
     np.testing.assert_allclose(
         (2 * idx) @ sr.affine[:3, :3].T + sr.affine[:3, 3], idx @ lr[:3, :3].T + lr[:3, 3], atol=1e-4
     )

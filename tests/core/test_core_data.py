@@ -12,16 +12,9 @@ from parameterized import parameterized
 from scipy.spatial.transform import Rotation
 from torch.utils.data import DataLoader
 
+from conftest import make_affine
 from cunerf_monai.data import CubePrepareBatch, RandomCubeDataset, SlabDataset, geometry_of
 from cunerf_monai.geometry import VolumeGeometry
-
-
-def make_affine(spacing, rotation=None, origin=(0.0, 0.0, 0.0)) -> np.ndarray:
-    rot = np.eye(3) if rotation is None else np.asarray(rotation, dtype=np.float64)
-    affine = np.eye(4)
-    affine[:3, :3] = rot @ np.diag(np.asarray(spacing, dtype=np.float64))
-    affine[:3, 3] = origin
-    return affine
 
 
 # (name, shape, affine, padding, cube_size)

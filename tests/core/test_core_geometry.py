@@ -10,6 +10,7 @@ import pytest
 from parameterized import parameterized
 from scipy.spatial.transform import Rotation
 
+from conftest import make_affine
 from cunerf_monai.geometry import (
     VolumeGeometry,
     grid_for_scale,
@@ -20,15 +21,6 @@ from cunerf_monai.geometry import (
     rodrigues,
     voxel_footprint_in_index,
 )
-
-
-def make_affine(spacing, rotation=None, origin=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """Shear-free affine: ``rotation (3, 3) @ diag(spacing)`` plus ``origin``."""
-    rot = np.eye(3) if rotation is None else np.asarray(rotation, dtype=np.float64)
-    affine = np.eye(4)
-    affine[:3, :3] = rot @ np.diag(np.asarray(spacing, dtype=np.float64))
-    affine[:3, 3] = origin
-    return affine
 
 
 OBLIQUE_ROT = Rotation.from_euler("zyx", [30.0, -20.0, 10.0], degrees=True).as_matrix()

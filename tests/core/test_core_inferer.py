@@ -18,21 +18,13 @@ from parameterized import parameterized
 from scipy.spatial.transform import Rotation
 from torch import nn
 
+from conftest import make_affine
 from cunerf_monai.geometry import VolumeGeometry, grid_for_scale, grid_index_points, oblique_plane
 from cunerf_monai.inferers import CuNeRFInferer, field_device
 from cunerf_monai.networks import CuNeRFModel, PositionalMLPField
 
 
-_THREADS = torch.get_num_threads()
-
-
-def setUpModule():  # noqa: N802
-    # tiny matrices: one thread avoids OpenMP hand-off costs (≈ 10 ms per op on a busy 2-core machine)
-    torch.set_num_threads(1)
-
-
-def tearDownModule():  # noqa: N802
-    torch.set_num_threads(_THREADS)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class QuadraticField(nn.Module):
@@ -64,14 +56,6 @@ class LinearField(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.value(x).clamp(1e-6, 1 - 1e-6)
         return torch.stack([torch.logit(v), torch.full_like(v, self.density)], dim=-1)
-
-
-def make_affine(spacing, rotation=None, origin=(0.0, 0.0, 0.0)) -> np.ndarray:
-    rot = np.eye(3) if rotation is None else np.asarray(rotation, dtype=np.float64)
-    affine = np.eye(4)
-    affine[:3, :3] = rot @ np.diag(np.asarray(spacing, dtype=np.float64))
-    affine[:3, 3] = origin
-    return affine
 
 
 OBLIQUE = make_affine((1.2, 0.8, 2.5), Rotation.from_euler("zyx", [30, -20, 10], degrees=True).as_matrix(), (3, -4, 12))

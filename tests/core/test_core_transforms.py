@@ -11,6 +11,7 @@ from monai.data import MetaTensor
 from parameterized import parameterized
 from scipy.spatial.transform import Rotation
 
+from conftest import make_affine
 from cunerf_monai.geometry import VolumeGeometry
 from cunerf_monai.transforms import (
     CoordinateGrid,
@@ -24,14 +25,6 @@ from cunerf_monai.transforms import (
     denormalize_intensity,
     lr_affine,
 )
-
-
-def make_affine(spacing, rotation=None, origin=(0.0, 0.0, 0.0)) -> np.ndarray:
-    rot = np.eye(3) if rotation is None else np.asarray(rotation, dtype=np.float64)
-    affine = np.eye(4)
-    affine[:3, :3] = rot @ np.diag(np.asarray(spacing, dtype=np.float64))
-    affine[:3, 3] = origin
-    return affine
 
 
 OBLIQUE = make_affine((0.9, 1.1, 2.5), Rotation.from_euler("xyz", [15, -25, 40], degrees=True).as_matrix(), (5, -3, 7))
