@@ -268,7 +268,7 @@ class Commands:
         """Fit and super-resolve many volumes, one fit per volume. Writes OUT/<name>/sr.nii.gz, model.pt and
         fit.json (so `cunerf render OUT/<name>` works), OUT/summary.json and OUT/summary.md. A volume that fails is
         reported and the others go on; the command then exits with status 1 (after writing the summary). To share
-        the volumes over W processes (rank r takes volumes r, r+W, …):
+        the volumes over W processes (rank r takes volumes r, r+W, ...):
         torchrun --standalone --nproc_per_node=W -m cunerf_monai.cli batch --inputs DIR --out OUT.
 
         Args:
