@@ -39,7 +39,7 @@ from .modeldir import save_model_dir
 from .utils import atomic_path, resolve_overlays, telling_error, write_json
 
 __all__ = ["VOLUME_SUFFIXES", "list_volumes", "volume_names", "partition", "process_volume", "run_batch",
-           "write_summary", "summarize_ranks", "main"]
+           "write_summary", "summarize_ranks"]
 
 logger = logging.getLogger("cunerf.batch")
 
@@ -332,12 +332,8 @@ def summarize_ranks(out: str | os.PathLike, scale: float | Sequence[float] | Non
     return write_summary(out_dir, records, plans, scale)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m cunerf_monai.batch …`` (also under ``torchrun``): the same as ``cunerf batch …``."""
-    from .cli import main as cli_main
+if __name__ == "__main__":  # ``python -m cunerf_monai.batch …`` is ``cunerf batch …`` (also under torchrun)
+    import runpy
 
-    cli_main(["batch", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    main()
+    sys.argv[1:1] = ["batch"]
+    runpy.run_module("cunerf_monai.cli", run_name="__main__", alter_sys=True)

@@ -7,11 +7,11 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from ignite.distributed import get_rank as distributed_rank
 from monai.engines.utils import PrepareBatch
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from .distributed import get_rank as distributed_rank
 from .geometry import VolumeGeometry, geometry_of
 from .transforms.array import check_volume
 
