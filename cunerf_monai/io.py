@@ -115,11 +115,26 @@ def _read_problem(p: Path, exc: BaseException) -> str:
     return f"Could not read {p} as {kind}: {cause}"
 
 
+def _stored_dtype(p: Path) -> str | None:
+    """The value type of a NIfTI file as its header stores it (``float32`` when a slope or intercept rescales the
+    values), or ``None`` for other formats (their type is read off the loaded array; MONAI widens unsigned 16-
+    and 32-bit types to signed 32- and 64-bit ones)."""
+    if not (p.is_file() and p.name.lower().endswith((".nii", ".nii.gz"))):
+        return None
+    try:
+        proxy = nib.load(str(p)).dataobj
+        slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
+        rescaled = not (np.isnan(slope) or slope == 1.0) or not (np.isnan(inter) or inter == 0.0)
+        return "float32" if rescaled else np.dtype(proxy.dtype).name
+    except Exception:
+        return None
+
+
 def load_volume(path: str | os.PathLike, channel: int | None = None, validate: bool = True) -> MetaTensor:
     """Read a 3D volume as a float32 channel-first MetaTensor ``(1, X, Y, Z)`` with its RAS affine.
 
-    The type the values were stored with (``int16`` for most CT, ``float32``…; after any NIfTI scaling) is kept
-    in ``meta["stored_dtype"]``, so renders can be written back in it.
+    The type the values were stored with (``int16`` for most CT, ``float32``…; ``float32`` when a NIfTI slope or
+    intercept rescales them) is kept in ``meta["stored_dtype"]``, so renders can be written back in it.
 
     NIfTI files are read with nibabel; DICOM series folders and NRRD/MetaImage files with ITK (its LPS
     geometry converted to RAS, ``RAS = diag(-1, -1, 1) · LPS``), so the affine maps voxel indices to the same
@@ -199,7 +214,7 @@ def load_volume(path: str | os.PathLike, channel: int | None = None, validate: b
             f"{p} has a degenerate geometry (voxel-to-world matrix {np.round(affine, 4).tolist()}): "
             "a voxel size is zero or not finite, or two voxel axes coincide."
         )
-    stored = str(img.dtype).removeprefix("torch.")
+    stored = _stored_dtype(p) or str(img.dtype).removeprefix("torch.")
     img = img.to(torch.float32)
     img.meta[STORED_DTYPE_KEY] = stored
     if validate:
