@@ -87,3 +87,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def parametrize_named(argnames: str, cases) -> pytest.MarkDecorator:
+    """``pytest.mark.parametrize`` over ``(name, *values)`` tuples: the first item of each case is its test id."""
+    cases = list(cases)
+    single = len([n for n in argnames.split(",") if n.strip()]) == 1
+    values = [c[1] if single else tuple(c[1:]) for c in cases]
+    return pytest.mark.parametrize(argnames, values, ids=[str(c[0]) for c in cases])
