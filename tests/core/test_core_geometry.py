@@ -346,3 +346,19 @@ class TestObliquePlane:
         np.testing.assert_allclose(offsets @ normal, 0.0, atol=1e-10)
         np.testing.assert_allclose(plane.world[4, 4], geo.centre_world, atol=1e-12)
 
+
+
+@parametrize_named("shape, affine", PLANE_GEOMETRIES)
+def test_plane_pixel_size_sets_resolution_and_default_size(shape, affine):
+    """A plane at half the finest spacing (a x2 render's resolution) has twice the pixels over the same field of
+    view; a non-positive pixel size is refused."""
+    geo = VolumeGeometry(shape, affine)
+    base = oblique_plane(geo, plane="coronal")
+    fine = oblique_plane(geo, plane="coronal", pixel_size=geo.spacing.min() / 2.0)
+    np.testing.assert_allclose(np.linalg.norm(fine.affine[:3, :2], axis=0), geo.spacing.min() / 2.0)
+    extent = np.asarray(shape, dtype=np.float64) * geo.spacing
+    assert fine.world.shape[:2] == tuple(int(np.ceil(extent[a] / (geo.spacing.min() / 2) - 1e-6)) for a in (0, 2))
+    assert fine.world.shape[0] >= 2 * base.world.shape[0] - 1
+    np.testing.assert_allclose(fine.world.reshape(-1, 3).mean(0), geo.centre_world, atol=1e-9)
+    with pytest.raises(ValueError, match="pixel_size"):
+        oblique_plane(geo, pixel_size=0.0)
