@@ -251,6 +251,7 @@ class VolumeRenderer:
             "shape": list(grid.shape),
             "spacing_mm": grid.spacing.tolist(),
             "affine": grid.affine.tolist(),
+            "dtype": output_dtype(record.dtype if self.original_range else None, self.dtype).name,
         }
         if self.slices is not None:
             slices = dict(self.slices)
