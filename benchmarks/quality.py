@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -39,10 +40,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-DEFAULT_VOLUMES = {
-    "colin27": "/work/shared/data/colin27/ch2.nii.gz",
-    "chest_ct": "/work/shared/data/chest_ct/dicom",
-}
+# the shared development data: $CUNERF_DATA, else the folder `shared/data` beside the repository
+DATA = Path(os.environ.get("CUNERF_DATA", ROOT.parent / "shared" / "data"))
+DEFAULT_VOLUMES = {"colin27": "colin27/ch2.nii.gz", "chest_ct": "chest_ct/dicom"}  # relative to DATA
 # slice axis of each volume (the thick / through-plane axis), for the slice-axis ("volumetric") mode
 SLICE_AXIS = {"colin27": 2, "chest_ct": 2}
 DEFAULT_OVERLAY = ""  # the bundle's default train.json
@@ -52,25 +52,25 @@ POINTS_PER_ITERATION = 262144  # field evaluations per training step (batch = th
 def matched_overrides(degradation: str, factors: tuple[int, int, int]) -> dict:
     """Config overrides that make the fit's forward model the degradation's (see the module docstring).
 
-    ``box``: the cube is the LR voxel's footprint along the degraded axes and a point along the others
-    (``cube_size`` per axis), sampled at the midpoints of a ``factors`` sub-grid (``grid_counts``: ``k`` samples
-    for a slice-axis ×k box, ``k³`` for a 3D one); ``nearest``: one centre sample. HR voxels are read at their
-    centres.
+    ``box``: the footprint is a box of the LR voxel along the degraded axes and a point along the others
+    (``forward_model`` per axis), sampled at the midpoints of a ``factors`` sub-grid (``grid_counts``: ``k`` samples
+    for a slice-axis ×k box, ``k³`` for a 3D one: exactly the HR voxel centres); ``nearest``: a point (one centre
+    sample). The grid field keeps its cubic B-spline kernel. HR voxels are read at their centres.
     """
     if degradation == "box":
+        profiles = ["box" if f > 1 else "point" for f in factors]
         counts = [int(f) for f in factors]
-        samples = counts[0] * counts[1] * counts[2]
-        cube = [1.0 if f > 1 else 1e-3 for f in factors]
     else:
-        counts, samples, cube = None, 1, [1.0, 1.0, 1.0]
+        profiles, counts = ["point"] * 3, [1, 1, 1]
+    samples = counts[0] * counts[1] * counts[2]
     return {
+        "forward_model": profiles,
+        "kernel": "bspline",
         "num_coarse": samples,
+        "grid_counts": counts,
         "num_fine": 0,
         "num_coarse_eval": 1,
         "num_fine_eval": 0,
-        "cube_size": cube,
-        "cube_sampling": "grid",
-        "grid_counts": counts,
         "batch_size": max(256, POINTS_PER_ITERATION // samples),
     }
 
@@ -83,8 +83,7 @@ def run(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     out_root, work_root = Path(args.out), Path(args.work)
     out_root.mkdir(parents=True, exist_ok=True)
-    paths = dict(DEFAULT_VOLUMES)
-    paths["colin27"], paths["chest_ct"] = args.colin27, args.chest_ct
+    paths = {"colin27": args.colin27, "chest_ct": args.chest_ct}
     config_files = [str(ROOT / "bundle" / "configs" / "train.json")]
     if args.overlay:
         config_files.append(str(Path(args.overlay).resolve()))
@@ -95,7 +94,8 @@ def run(args: argparse.Namespace) -> Path:
                 for degradation in args.degradations:
                     slice_axis = SLICE_AXIS[volume] if mode == "slice" else None
                     factors = degradation_factors(scale, slice_axis)
-                    name = f"{volume}_x{scale}_{mode}_{degradation}{args.suffix}"
+                    blind = args.forward_model == "blind"
+                    name = f"{volume}_x{scale}_{mode}_{degradation}{args.suffix}{'_blind' if blind else ''}"
                     overrides: dict = {}
                     if args.forward_model == "matched":
                         overrides.update(matched_overrides(degradation, factors))
@@ -123,11 +123,21 @@ def run(args: argparse.Namespace) -> Path:
                     row = result_row(name, volume, degradation, m, time.perf_counter() - start)
                     row["configs"] = [Path(c).name for c in config_files]
                     row["overrides"] = overrides
+                    row["forward_model"] = "blind" if blind else args.forward_model
+                    m["input"] = relative_to_data(m["input"])
                     store_run(out_root, work_root / name, row, m)
                     write_table(out_root)
                     if args.update_docs:
                         update_docs(out_root)
     return out_root / "quality.md"
+
+
+def relative_to_data(path: str) -> str:
+    """``path`` relative to the shared data folder (result files name no machine's folders)."""
+    try:
+        return str(Path(path).resolve().relative_to(DATA.resolve()))
+    except ValueError:
+        return Path(path).name
 
 
 def passes_to_iterations(passes: float, shape: tuple[int, ...], factors: tuple[int, int, int], overrides: dict) -> int:
@@ -159,6 +169,7 @@ def result_row(name: str, volume: str, degradation: str, m: dict, total: float) 
         "misaligned_psnr": res.get("bicubic_misaligned", {}).get("psnr"),
         "budget": m["budget"],
         "total_seconds": round(total, 1),
+        "fitted_forward_model": m.get("forward_model"),
         "machine": m.get("machine"),
     }
 
@@ -217,15 +228,27 @@ def write_table(out_root: Path) -> None:
 BASELINE_NAMES = {"bspline": "B-spline", "keys": "Keys cubic", "trilinear": "trilinear", "nearest": "nearest"}
 
 
+def _model_note(row: dict) -> str:
+    """The forward model a run used, short: per-axis profiles and the kernel (``point·point·box, bspline``)."""
+    fm = row.get("fitted_forward_model")
+    if not fm:
+        return "—"
+    return f"{'·'.join(fm['profiles'])}, {fm['kernel']}"
+
+
 def docs_table(out_root: Path) -> str:
-    """The Performance table of ``bundle/docs/README.md``, from the stored runs (overlays other than the default
-    ``train.json`` are named in the first column)."""
+    """The Performance table of ``bundle/docs/README.md``, from the stored runs: per row the fit told the degradation
+    (matched) and the shipped defaults told nothing (blind, the ``*_blind`` runs), against the best aligned baseline;
+    overlays other than the default ``train.json`` are named in the first column."""
     lines = [
-        "| volume | degradation | ours PSNR / SSIM | best aligned baseline | ΔPSNR | ΔSSIM | misaligned bicubic "
-        "| budget (iterations × points, fit, render) |",
-        "|---|---|---|---|---:|---:|---:|---|",
+        "| volume | degradation | matched PSNR / SSIM | blind PSNR / SSIM (forward model chosen) | best aligned baseline "
+        "| ΔPSNR matched | ΔPSNR blind | ΔSSIM matched | ΔSSIM blind | misaligned bicubic "
+        "| budget matched (iterations × points, fit, render) |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     rows = stored_rows(out_root)
+    blind = {r["name"][: -len("_blind")]: r for r in rows if r["name"].endswith("_blind")}
+    rows = [r for r in rows if not r["name"].endswith("_blind")]
     default = [r for r in rows if r.get("configs", ["train.json"]) == ["train.json"]]
     for r in default + [r for r in rows if r not in default]:
         overlays = [c for c in r.get("configs", ["train.json"]) if c != "train.json"]
@@ -235,10 +258,16 @@ def docs_table(out_root: Path) -> str:
         f, b = r["factors"], r["budget"]
         where = f"×{max(f)} 3D" if len(set(f)) == 1 else f"×{max(f)} slice axis {f.index(max(f))}"
         mis = f"{r['misaligned_psnr']:.2f}" if r.get("misaligned_psnr") is not None else "—"
+        bl = blind.get(r["name"])
+        if bl is not None:
+            blind_cells = (f"{bl['ours_psnr']:.2f} / {bl['ours_ssim']:.4f} ({_model_note(bl)})", f"{bl['margin_psnr']:+.2f}",
+                           f"{bl['margin_ssim']:+.4f}")
+        else:
+            blind_cells = ("—", "—", "—")
         lines.append(
-            f"| {volume} | {r['degradation']} {where} | {r['ours_psnr']:.2f} / {r['ours_ssim']:.4f} "
+            f"| {volume} | {r['degradation']} {where} | {r['ours_psnr']:.2f} / {r['ours_ssim']:.4f} | {blind_cells[0]} "
             f"| {BASELINE_NAMES.get(r['best'], r['best'])} {r['best_psnr']:.2f} / {r['best_ssim']:.4f} "
-            f"| {r['margin_psnr']:+.2f} | {r['margin_ssim']:+.4f} | {mis} "
+            f"| {r['margin_psnr']:+.2f} | {blind_cells[1]} | {r['margin_ssim']:+.4f} | {blind_cells[2]} | {mis} "
             f"| {b['iterations']} × {b['points_per_iteration']:,}, {b['fit_seconds']:.0f} s, {b['render_seconds']:.0f} s |"
         )
     return "\n".join(lines)
@@ -263,10 +292,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="budget in passes over the LR voxels (iterations = passes × voxels / batch), instead of the "
                         "config's iterations")
     p.add_argument("--validations", type=int, default=2, help="validation rounds during a fit (with --iterations)")
-    p.add_argument("--forward-model", choices=["matched", "config"], default="matched")
+    p.add_argument("--forward-model", choices=["matched", "blind", "config"], default="matched",
+                   help="matched: the fit is told the degradation; blind: the shipped defaults, told nothing (runs are "
+                        "named *_blind); config: whatever the config files say")
     p.add_argument("--overrides", default=None, help="extra config overrides as JSON, applied last")
-    p.add_argument("--colin27", default=DEFAULT_VOLUMES["colin27"], help="Colin27 NIfTI path")
-    p.add_argument("--chest-ct", dest="chest_ct", default=DEFAULT_VOLUMES["chest_ct"], help="chest CT DICOM folder")
+    p.add_argument("--colin27", default=str(DATA / DEFAULT_VOLUMES["colin27"]), help="Colin27 NIfTI path")
+    p.add_argument("--chest-ct", dest="chest_ct", default=str(DATA / DEFAULT_VOLUMES["chest_ct"]),
+                   help="chest CT DICOM folder")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-volumes", action="store_true", help="also write lr/sr NIfTI volumes per run")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality"), help="results folder")

@@ -30,6 +30,11 @@ class RandomCubeDataset(IterableDataset):
     Each process (rank) and dataloader worker draws from its own stream, ``seed + 1000 · rank + worker``,
     so distributed ranks see different cubes and a run replays exactly from the same seed.
 
+    Targets come in passes: a random permutation of all voxels is consumed batch by batch, and the next pass starts
+    when it runs out. A batch therefore never repeats a voxel (or, when ``batch_size`` exceeds the voxel count, holds
+    every voxel equally often, ±1): every voxel's gradient has the same weight, which the default step size of the
+    grid field relies on (a voxel drawn twice would take a double step).
+
     Args:
         image: channel-first normalised LR volume ``(1, X, Y, Z)`` (a MetaTensor carries the affine).
         batch_size: cubes per batch (paper: 2048).
@@ -68,15 +73,30 @@ class RandomCubeDataset(IterableDataset):
         self._dims = shape
         self._to_field = torch.as_tensor(self.geometry.affine_to_field(self.geometry.affine), dtype=torch.float32)
         self.generator: torch.Generator | None = None
+        self._order: torch.Tensor | None = None  # the current pass's permutation of the voxels
+        self._order_state: torch.Tensor | None = None  # the generator state it was drawn from (for checkpoints)
+        self._cursor = 0
 
     def stream_seed(self) -> int:
         """Seed of this process's and worker's stream."""
         info = get_worker_info()
         return self.seed + 1000 * distributed_rank() + (info.id if info is not None else 0)
 
+    def _next_voxels(self, generator: torch.Generator) -> torch.Tensor:
+        """The next ``batch_size`` voxel indices ``(B,)`` of the pass stream (new passes drawn with ``generator``)."""
+        n, parts, need = self.values.numel(), [], self.batch_size
+        while need > 0:
+            if self._order is None or self._cursor >= n:
+                self._order_state = generator.get_state()
+                self._order, self._cursor = torch.randperm(n, generator=generator), 0
+            take = min(need, n - self._cursor)
+            parts.append(self._order[self._cursor : self._cursor + take])
+            self._cursor, need = self._cursor + take, need - take
+        return torch.cat(parts)
+
     def sample(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """One batch drawn with ``generator``."""
-        flat = torch.randint(0, self.values.numel(), (self.batch_size,), generator=generator)
+        flat = self._next_voxels(generator)
         index = ((flat.unsqueeze(-1) // self._strides) % self._dims).float()
         centre = index @ self._to_field[:3, :3].T + self._to_field[:3, 3]
         return {"centre": centre, "target": self.values[flat], "half_extent": self.half_extent}
@@ -88,14 +108,26 @@ class RandomCubeDataset(IterableDataset):
             yield self.sample(self.generator)
 
     def state_dict(self) -> dict[str, Any]:
-        """The random stream's state, so a resumed run draws the batches it would have drawn."""
-        return {"generator": None if self.generator is None else self.generator.get_state()}
+        """The random stream's state (and the place in the current pass), so a resumed run draws the batches it
+        would have drawn."""
+        return {
+            "generator": None if self.generator is None else self.generator.get_state(),
+            "order_state": self._order_state,
+            "cursor": self._cursor,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict` (the current pass's permutation is drawn again from its saved state)."""
         if state.get("generator") is not None:
             self.generator = torch.Generator()
             self.generator.set_state(state["generator"])
+        self._order, self._order_state, self._cursor = None, None, 0
+        if state.get("order_state") is not None:
+            replay = torch.Generator()
+            replay.set_state(state["order_state"])
+            self._order_state = state["order_state"]
+            self._order = torch.randperm(self.values.numel(), generator=replay)
+            self._cursor = int(state.get("cursor", 0))
 
 
 class SlabDataset(Dataset):

@@ -29,6 +29,8 @@ class FitResult:
         history: validation PSNR per validation round, ``[(iteration, psnr), ...]``.
         seconds: wall time of the training run.
         workflow: the MONAI ``ConfigWorkflow`` (for anything else in the config).
+        forward_model: the forward model the fit used (:meth:`cunerf_monai.forward_model.ForwardModel.as_dict`),
+            ``None`` for a config without one.
     """
 
     network: nn.Module
@@ -38,6 +40,7 @@ class FitResult:
     history: list[tuple[int, float]]
     seconds: float
     workflow: ConfigWorkflow
+    forward_model: dict[str, Any] | None = None
 
 
 def train_config_files(extra: Sequence[str] | str | None = None) -> list[str]:
@@ -46,16 +49,20 @@ def train_config_files(extra: Sequence[str] | str | None = None) -> list[str]:
     return [str(Path(bundle_root()) / "configs" / "train.json"), *resolve_overlays(extra)]
 
 
+_INTEGERS = ("num_iterations", "epoch_length", "batch_size", "num_coarse", "num_coarse_eval")
+_NON_NEGATIVE = ("num_fine", "num_fine_eval", "seed")
+
+
 def check_settings(**settings: Any) -> bool:
     """Check the training config's scalar settings before anything is built, naming any of wrong type or range.
 
-    Integers (``num_iterations``, ``epoch_length``, ``batch_size``, ``num_coarse``, ``num_fine``, ``seed``…) must be
-    whole numbers (``num_fine`` and ``seed`` may be 0, the others positive); ``cube_size`` is one positive number or
-    three; ``learning_rate``-like values are positive numbers. Returns ``True`` (for use in a config expression).
+    Integers (``num_iterations``, ``epoch_length``, ``batch_size``, ``num_coarse``…) must be whole positive numbers
+    (``num_fine``, ``num_fine_eval`` and ``seed`` may be 0); ``cube_size`` is one positive number or three;
+    ``learning_rate`` and ``lr_final`` are positive numbers. Other settings (names, the forward model …) are checked
+    where they are used. Returns ``True`` (for use in a config expression).
     """
     import numpy as np
 
-    non_negative = {"num_fine", "num_fine_eval", "seed"}
     for name, value in settings.items():
         if name == "cube_size":
             try:
@@ -67,8 +74,8 @@ def check_settings(**settings: Any) -> bool:
         elif name in ("learning_rate", "lr_final"):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}.")
-        else:
-            low = 0 if name in non_negative else 1
+        elif name in _INTEGERS or name in _NON_NEGATIVE:
+            low = 0 if name in _NON_NEGATIVE else 1
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 kind = "a non-negative" if low == 0 else "a positive"
                 raise ValueError(f"{name} must be {kind} integer, got {value!r} ({type(value).__name__}).")
@@ -136,4 +143,5 @@ def fit(
         history=history,
         seconds=seconds,
         workflow=workflow,
+        forward_model=workflow.parser.get_parsed_content("forward").as_dict() if "forward" in workflow.parser else None,
     )

@@ -62,13 +62,14 @@ class RunSettings:
     ``num_iterations`` is deliberately not a setting: a finished run can be extended.
 
     Args:
-        settings: names and JSON-like values (numbers, strings, lists, ``None``).
+        settings: names and JSON-like values (numbers, strings, lists, dicts, ``None``): the config's one ``settings``
+            dict, and/or keywords.
     """
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, settings: Mapping[str, Any] | None = None, **more: Any) -> None:
         import json
 
-        self.settings = json.loads(json.dumps(settings, default=str))
+        self.settings = json.loads(json.dumps({**dict(settings or {}), **more}, default=str))
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.settings)

@@ -125,6 +125,9 @@ class CuNeRFInferer(Inferer):
         grid_counts: ticks per axis of the ``"grid"`` sampling, e.g. ``(2, 2, 1)`` for an LR voxel that averages a ×2
             footprint in-plane and is a point through-plane (``k`` samples instead of ``k³`` for a slice-axis box
             degradation); used whenever a ``"grid"`` pass has ``prod(grid_counts)`` samples. ``None``: ``k×k×k``.
+        grid_profiles: per-axis placement of the ``"grid"`` ticks, ``"box"`` (midpoints, default) or ``"gaussian"``
+            (quantiles of a Gaussian slice profile whose FWHM is the cube edge), see
+            :func:`cunerf_monai.sampling.profile_ticks`.
         render_cube_size: cube edge when rendering, in LR voxels, or ``None`` for the footprint of the
             rendered voxel (an HR voxel at ×2 covers half an LR voxel per axis).
         intensity_activation: ``"sigmoid"`` (paper) or ``"identity"``.
@@ -156,6 +159,7 @@ class CuNeRFInferer(Inferer):
         cube_sampling: str = "stratified",
         eval_cube_sampling: str = "qmc",
         grid_counts: Sequence[int] | None = None,
+        grid_profiles: Sequence[str] | None = None,
         render_cube_size: float | None = None,
         intensity_activation: str = "sigmoid",
         density_activation: str = "relu",
@@ -183,7 +187,8 @@ class CuNeRFInferer(Inferer):
                                                                                num_coarse_eval)):
             if mode == "grid":
                 try:
-                    grid_cube_offsets(n, counts=_counts_for(grid_counts, n))  # the parameter `sampling` hides the module
+                    counts = _counts_for(grid_counts, n)
+                    grid_cube_offsets(n, counts=counts, profiles=grid_profiles if counts is not None else None)
                 except ValueError as exc:
                     raise ValueError(f"{name}='grid' with {n} samples (grid_counts={grid_counts}): {exc}") from None
         if render_cube_size is not None and not render_cube_size > 0:
@@ -199,6 +204,7 @@ class CuNeRFInferer(Inferer):
         self.normalize_weights = bool(normalize_weights)
         self.cube_sampling, self.eval_cube_sampling = cube_sampling, eval_cube_sampling
         self.grid_counts = grid_counts
+        self.grid_profiles = tuple(grid_profiles) if grid_profiles is not None else None
         self.render_cube_size = render_cube_size
         self.intensity_activation, self.density_activation = intensity_activation, density_activation
         self.chunk_size = int(chunk_size)
@@ -267,7 +273,9 @@ class CuNeRFInferer(Inferer):
             offsets, t, direction = sampling.ray_offsets(batch, n, deterministic, generator, device)
             return CubeSamples(offsets, t + 1.0, direction)
         mode = self.eval_cube_sampling if deterministic else self.cube_sampling
-        offsets = sampling.cube_offsets(batch, n, mode, generator, device, _counts_for(self.grid_counts, n))
+        counts = _counts_for(self.grid_counts, n)
+        profiles = self.grid_profiles if counts is not None else None
+        offsets = sampling.cube_offsets(batch, n, mode, generator, device, counts, profiles)
         return CubeSamples(offsets, sampling.distance(offsets, self.norm)).sorted()
 
     def _draw_fine(

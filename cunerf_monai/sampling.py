@@ -13,6 +13,7 @@ deterministic.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 
@@ -20,6 +21,7 @@ __all__ = [
     "uniform_cube_offsets",
     "stratified_cube_offsets",
     "grid_cube_offsets",
+    "profile_ticks",
     "qmc_cube_offsets",
     "cube_offsets",
     "distance",
@@ -57,15 +59,51 @@ def stratified_cube_offsets(
     return (strata + jitter) / n * 2.0 - 1.0
 
 
+GRID_PROFILES = ("point", "box", "gaussian")
+_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+
+
+def profile_ticks(profile: str, k: int) -> torch.Tensor:
+    """``k`` equal-weight sample positions ``(k,)`` across a footprint, in units of its half-width.
+
+    ``"box"``: the midpoints ``(j + ½)/k · 2 − 1`` (the midpoint rule over ``[−1, 1]``). ``"gaussian"``: the
+    ``(j + ½)/k`` quantiles of a Gaussian whose FWHM spans ``[−1, 1]`` (equal weights then integrate the Gaussian
+    profile). One tick is the centre for either; ``"point"`` has that one tick only.
+
+    Examples::
+
+        >>> profile_ticks("box", 2)
+        tensor([-0.5000,  0.5000])
+    """
+    if k < 1:
+        raise ValueError(f"A footprint needs at least one sample, got {k}.")
+    u = (torch.arange(k, dtype=torch.float64) + 0.5) / k
+    if profile == "point":
+        if k != 1:
+            raise ValueError(f"A point footprint has one sample, got {k}.")
+        ticks = torch.zeros(1, dtype=torch.float64)
+    elif profile == "box":
+        ticks = u * 2.0 - 1.0
+    elif profile == "gaussian":
+        ticks = math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0) * (2.0 / _FWHM_PER_SIGMA)
+    else:
+        raise ValueError(f"grid profile must be one of {GRID_PROFILES}, got {profile!r}.")
+    return ticks.to(torch.float32)
+
+
 def grid_cube_offsets(
-    n: int, device: torch.device | str | None = None, counts: tuple[int, int, int] | None = None
+    n: int,
+    device: torch.device | str | None = None,
+    counts: tuple[int, int, int] | None = None,
+    profiles: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Deterministic midpoint samples: centres of a sub-grid of the cube, ``(n, 3)``.
 
     Without ``counts`` the sub-grid is ``k×k×k`` with ``k = round(n^(1/3))`` (``n`` must be a perfect cube: 1, 8,
     27, 64 …). With ``counts = (k0, k1, k2)`` (``n = k0·k1·k2``) it has ``k_a`` ticks along axis ``a``; an axis with
     one tick is sampled at the centre only (a point along that axis), e.g. ``(2, 2, 1)`` for a voxel averaged over
-    a ×2 footprint in-plane and a point through-plane.
+    a ×2 footprint in-plane and a point through-plane. ``profiles`` (one per axis, default ``"box"``) places the
+    ticks of an axis by :func:`profile_ticks`: midpoints of a box, or quantiles of a Gaussian slice profile.
     """
     if counts is None:
         k = int(round(n ** (1.0 / 3.0)))
@@ -77,7 +115,10 @@ def grid_cube_offsets(
     counts = tuple(int(c) for c in counts)
     if len(counts) != 3 or min(counts) < 1 or math.prod(counts) != n:
         raise ValueError(f"Grid counts per axis must be three positive integers with product {n}, got {counts}.")
-    ticks = [(torch.arange(k, dtype=torch.float32, device=device) + 0.5) / k * 2.0 - 1.0 for k in counts]
+    profiles = tuple(profiles) if profiles is not None else ("box",) * 3
+    if len(profiles) != 3:
+        raise ValueError(f"Grid profiles must be one per axis, got {profiles}.")
+    ticks = [profile_ticks(p, k).to(device) for p, k in zip(profiles, counts)]
     grid = torch.stack(torch.meshgrid(*ticks, indexing="ij"), dim=-1)
     return grid.reshape(-1, 3)
 
@@ -107,15 +148,17 @@ def cube_offsets(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     grid_counts: tuple[int, int, int] | None = None,
+    grid_profiles: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Cube samples ``(batch, n, 3)`` by ``mode``: random ``"uniform"`` or ``"stratified"``, or the deterministic
-    ``"qmc"`` (any ``n``) or ``"grid"`` (``n`` a perfect cube, or ``grid_counts`` per axis with product ``n``)."""
+    ``"qmc"`` (any ``n``) or ``"grid"`` (``n`` a perfect cube, or ``grid_counts`` per axis with product ``n``; ticks
+    per axis by ``grid_profiles``, see :func:`grid_cube_offsets`)."""
     if mode == "uniform":
         return uniform_cube_offsets(batch, n, generator, device)
     if mode == "stratified":
         return stratified_cube_offsets(batch, n, generator, device)
     if mode == "grid":
-        return grid_cube_offsets(n, device, grid_counts).unsqueeze(0).expand(batch, n, 3)
+        return grid_cube_offsets(n, device, grid_counts, grid_profiles).unsqueeze(0).expand(batch, n, 3)
     if mode == "qmc":
         return qmc_cube_offsets(n, device).unsqueeze(0).expand(batch, n, 3)
     raise ValueError(f"cube sampling mode must be one of {CUBE_MODES}, got {mode!r}.")

@@ -26,7 +26,7 @@ def test_passes_budget_scales_with_the_lr_voxels():
     assert passes_to_iterations(6, (41, 40, 20), (2, 2, 2), box) == 1
     slice_box = matched_overrides("box", (1, 1, 4))  # 4 samples along the slice axis only
     assert slice_box["grid_counts"] == [1, 1, 4] and slice_box["num_coarse"] == 4
-    assert slice_box["cube_size"] == [1e-3, 1e-3, 1.0]
+    assert slice_box["forward_model"] == ["point", "point", "box"] and slice_box["kernel"] == "bspline"
     # LR 41 × 40 × 5 = 8200 voxels, batch 65536: 100 passes = 820000 targets = 13 steps
     assert passes_to_iterations(100, (41, 40, 20), (1, 1, 4), slice_box) == 13
     assert matched_overrides("nearest", (2, 2, 2))["num_coarse"] == 1

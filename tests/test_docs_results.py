@@ -45,7 +45,7 @@ def test_tables_are_the_result_files(name, result):
     assert block(name) == result.read_text(encoding="utf-8").split("\n", 2)[2].strip()
 
 
-@pytest.mark.parametrize("name", ["main_job", "throughput", "render", "side_by_side"])
+@pytest.mark.parametrize("name", ["main_job", "throughput", "render", "side_by_side", "forward_model_study"])
 def test_blocks_are_the_whole_result_files(name):
     assert block(name) == (RESULTS / f"{name}.md").read_text(encoding="utf-8").strip()
 

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 
 from ..geometry import TargetGrid
 from ..io import load_normalized, save_nifti
@@ -41,6 +42,16 @@ def machine_description() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
+
+
+def data_consistency(sr: np.ndarray, hr: torch.Tensor, lr: np.ndarray, factors, degradation: str) -> float:
+    """PSNR (dB) of the SR volume ``(X, Y, Z)`` on the HR grid, degraded by the operator that made the LR, against
+    the LR volume ``(x, y, z)``: how exactly the output reproduces its input (higher is more consistent)."""
+    from .metrics import psnr
+
+    as_image = MetaTensor(torch.as_tensor(np.asarray(sr, dtype=np.float32)[None]), affine=hr.affine)
+    again = SimulateLowResolution(factors, degradation)(as_image)[0].numpy()
+    return psnr(np.clip(again, 0.0, 1.0), lr)
 
 
 def self_evaluate(
@@ -96,6 +107,7 @@ def self_evaluate(
 
     predictions = run_baselines(lr_np, lr_affine, hr_np.shape, hr_affine, include_misaligned=True)
     predictions[OURS] = sr_np
+    consistency = data_consistency(sr_np, hr, lr_np, factors, degradation)
     mask = foreground_mask(hr_np)
     results = {name: score(np.clip(pred, 0.0, 1.0), hr_np, mask) for name, pred in predictions.items()}
     aligned = [k for k in results if k not in (OURS, MISALIGNED_KEY)]
@@ -122,7 +134,9 @@ def self_evaluate(
         "best_aligned_baseline": best,
         "margin_psnr_db": results[OURS]["psnr"] - results[best]["psnr"],
         "margin_ssim": results[OURS]["ssim"] - results[best]["ssim"],
+        "data_consistency_psnr_db": consistency,
         "budget": budget,
+        "forward_model": fitted.forward_model,
         "validation_history": fitted.history,
         "machine": machine_description(),
     }

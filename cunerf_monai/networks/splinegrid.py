@@ -32,7 +32,9 @@ from torch import nn
 
 from .prior import _bspline_fetches
 
-__all__ = ["BSplineGridField", "bspline_prefilter_taps"]
+__all__ = ["BSplineGridField", "KERNELS", "bspline_prefilter_taps"]
+
+KERNELS = ("bspline", "keys", "linear")
 
 
 def bspline_prefilter_taps(half_width: int = 4) -> torch.Tensor:
@@ -62,6 +64,11 @@ class BSplineGridField(nn.Module):
         density: the constant second output.
         prefilter_half_width: FIR half-width ``K`` of the interpolation prefilter.
         learnable: train the samples (``False`` gives a fixed cubic interpolant).
+        kernel: how the samples are interpolated: ``"bspline"`` (the prefiltered cubic B-spline, default),
+            ``"keys"`` (Keys' cubic convolution, ``a = −½``) or ``"linear"``. All three pass through the samples; with
+            a one-sample (point) forward model the fit stays at that interpolant of the LR volume, so the kernel
+            decides the result there (linear and Keys beat B-spline on noisy, edgy CT). Keys and linear clamp points
+            onto the outermost voxel centres, like the aligned baselines.
 
     Input points ``(..., 3)`` in field coordinates; output ``(..., 2)``: intensity, density. Outside the LR
     footprint (continuous index ``< −0.5`` or ``> S − 0.5``) the field is constant along the outward normal
@@ -78,8 +85,11 @@ class BSplineGridField(nn.Module):
         density: float = 1.0,
         prefilter_half_width: int = 4,
         learnable: bool = True,
+        kernel: str = "bspline",
     ) -> None:
         super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}.")
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3 or min(shape) < 2:
             raise ValueError(f"BSplineGridField needs a 3D shape with at least 2 voxels per axis, got {shape}.")
@@ -89,6 +99,8 @@ class BSplineGridField(nn.Module):
         self.density = float(density)
         self.samples = nn.Parameter(torch.zeros(shape), requires_grad=bool(learnable))
         self.register_buffer("taps", bspline_prefilter_taps(prefilter_half_width))
+        # the kernel travels with the state dict, so a checkpoint renders with the kernel it was fitted with
+        self.register_buffer("kernel_id", torch.tensor(KERNELS.index(kernel)))
         # field → continuous LR index: u = f · (S + 2P) / 2 + (S − 1) / 2
         self.register_buffer("index_scale", torch.as_tensor((n + 2.0 * pad) / 2.0, dtype=torch.float32))
         self.register_buffer("index_shift", torch.as_tensor((n - 1.0) / 2.0, dtype=torch.float32))
@@ -96,6 +108,16 @@ class BSplineGridField(nn.Module):
         self._cache: tuple[tuple, torch.Tensor] | None = None
         if volume is not None:
             self.set_volume(volume)
+
+    @property
+    def kernel(self) -> str:
+        """The interpolation kernel (stored in the state dict as ``kernel_id``)."""
+        return KERNELS[int(self.kernel_id)]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # checkpoints written before the kernel was selectable hold cubic B-spline fields
+        state_dict.setdefault(prefix + "kernel_id", torch.tensor(KERNELS.index("bspline")))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def set_volume(self, volume: np.ndarray | torch.Tensor) -> None:
@@ -127,6 +149,10 @@ class BSplineGridField(nn.Module):
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         """Raw outputs ``(..., 2)`` (intensity, density) at field coordinates ``(..., 3)``."""
+        if self.kernel != "bspline":
+            value = self._convolve(points.reshape(-1, 3))
+            out = torch.stack([value, torch.full_like(value, self.density)], dim=-1)
+            return out.reshape(*points.shape[:-1], 2)
         lead = points.shape[:-1]
         coeff = self.coefficients().to(points.dtype)
         u = points.reshape(-1, 3) * self.index_scale + self.index_shift
@@ -145,3 +171,42 @@ class BSplineGridField(nn.Module):
         value = (vals * torch.stack(weights, dim=0)).sum(dim=0)
         out = torch.stack([value, torch.full_like(value, self.density)], dim=-1)
         return out.reshape(*lead, 2)
+
+    def _convolve(self, points: torch.Tensor) -> torch.Tensor:
+        """Keys or linear interpolation ``(P,)`` of the samples at field coordinates ``(P, 3)`` (separable taps)."""
+        u = points * self.index_scale.to(points.dtype) + self.index_shift.to(points.dtype)
+        u = torch.minimum(torch.maximum(u, torch.zeros_like(u)), self.size.to(points.dtype) - 1.0)
+        taps = [_kernel_taps(self.kernel, u[:, a], self.shape[a]) for a in range(3)]
+        flat = self.samples.reshape(-1).to(points.dtype)
+        strides = (self.shape[1] * self.shape[2], self.shape[2])
+        value = torch.zeros(points.shape[0], dtype=points.dtype, device=points.device)
+        for i0, w0 in zip(*taps[0]):
+            for i1, w1 in zip(*taps[1]):
+                w01, base = w0 * w1, i0 * strides[0] + i1 * strides[1]
+                for i2, w2 in zip(*taps[2]):
+                    value = value + w01 * w2 * flat[base + i2]
+        return value
+
+
+
+def _kernel_taps(kernel: str, u: torch.Tensor, n: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Indices and weights of the taps of ``kernel`` at continuous indices ``u`` ``(P,)`` in ``[0, n − 1]``.
+
+    ``"linear"``: two taps, the lower one clamped to ``[0, n − 2]``; ``"keys"``: four taps ``floor(u) − 1 … + 2``
+    with Keys' weights (``a = −½``), indices clamped to the volume (replicated edge), as the aligned baselines do.
+    """
+    if kernel == "linear":
+        lo = torch.clamp(torch.floor(u), 0, max(n - 2, 0))
+        t = u - lo
+        i = lo.long()
+        return [i, torch.clamp(i + 1, max=n - 1)], [1.0 - t, t]
+    i = torch.floor(u)
+    t = u - i
+    idx, wts = [], []
+    for off in (-1, 0, 1, 2):
+        x = (t - off).abs()
+        near = 1.5 * x**3 - 2.5 * x**2 + 1.0
+        far = -0.5 * x**3 + 2.5 * x**2 - 4.0 * x + 2.0
+        wts.append(torch.where(x <= 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x))))
+        idx.append(torch.clamp(i.long() + off, 0, n - 1))
+    return idx, wts

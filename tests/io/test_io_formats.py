@@ -48,8 +48,12 @@ def _itk_image(vol: np.ndarray):
     return img
 
 
-def write_dicom_series(folder: Path, vol: np.ndarray, series_uid: str = "1.2.826.0.1.3680043.2.1125.7.1") -> list[Path]:
+def write_dicom_series(
+    folder: Path, vol: np.ndarray, series_uid: str = "1.2.826.0.1.3680043.2.1125.7.1", slice_thickness: float | None = None
+) -> list[Path]:
     """Write ``vol`` ``(X, Y, Z)`` (int16) as a DICOM series, one file per slice ``k``, with the test geometry.
+
+    ``slice_thickness`` (mm, default the slice spacing) is written as SliceThickness (0018,0050).
 
     Slice geometry goes in Image Position/Orientation (Patient) and Pixel Spacing (LPS, as DICOM defines it).
     File names run opposite to the slice order, so a reader must sort by position, not by name.
@@ -73,7 +77,7 @@ def write_dicom_series(folder: Path, vol: np.ndarray, series_uid: str = "1.2.826
             "0020|0032": "\\".join(f"{v:.8f}" for v in position),
             "0020|0037": orientation,
             "0028|0030": f"{SPACING[1]:.8f}\\{SPACING[0]:.8f}",  # row spacing (along Y) \ column spacing (along X)
-            "0018|0050": f"{SPACING[2]:.8f}",
+            "0018|0050": f"{SPACING[2] if slice_thickness is None else slice_thickness:.8f}",
         }
         for tag, value in tags.items():
             meta[tag] = value
