@@ -95,6 +95,7 @@ def test_fit_render_slices_chain(tiny_nifti, tiny_overlay, tmp_path, capsys):
     assert info["input"] == str(tiny_nifti)
     assert info["overlays"] == [str(tiny_overlay.resolve())]
     assert info["overrides"]["num_iterations"] == 2
+    assert isinstance(info["forward_model"], dict)  # the forward model the fit used
     ckpt = torch.load(model / "model.pt", map_location="cpu", weights_only=False)
     assert ckpt["trainer"]["iteration"] == 2
     assert ckpt["volume"]["geometry"]["shape"] == list(SHAPE)
