@@ -66,7 +66,9 @@ def run(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     out_root = Path(args.out)
     out_root.mkdir(parents=True, exist_ok=True)
-    hr_path = central_crop(args.volume, args.crop, out_root / "hr.nii.gz")
+    from data_paths import data_path
+
+    hr_path = central_crop(data_path(args.volume), args.crop, out_root / "hr.nii.gz")
     configs = ROOT / "bundle" / "configs"
     overrides = {
         "num_iterations": args.iterations,
@@ -130,7 +132,8 @@ def write_table(out_root: Path, rows: list[dict], args: argparse.Namespace, mach
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--volume", default="/work/shared/data/colin27/ch2.nii.gz", help="HR volume")
+    p.add_argument("--volume", default="colin27/ch2.nii.gz",
+                   help="HR volume: a path, or a name in the shared data folder ($CUNERF_DATA, else ../shared/data)")
     p.add_argument("--scale", type=int, default=2)
     p.add_argument("--slice-axis", dest="slice_axis", type=int, default=None, help="degrade only this axis")
     p.add_argument("--degradation", default="nearest", choices=["nearest", "box", "gaussian"])

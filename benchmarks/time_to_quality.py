@@ -25,6 +25,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from data_paths import data_path, relative_to_data  # noqa: E402
 CONFIGS = ROOT / "bundle" / "configs"
 FIELDS = {
     "spline": {"label": "B-spline grid (train.json)", "files": ["train.json"]},
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    img = load_normalized(args.volume)
+    img = load_normalized(data_path(args.volume))
     hr, hr_affine = img[0].numpy(), np.asarray(img.affine, dtype=np.float64)
     factors = degradation_factors(args.scale, None)
     lr = SimulateLowResolution(factors, args.degradation)(img)
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> Path:
                     overrides.pop(key)
         curves[name] = run_field(name, lr_path, hr, hr_affine, args, overrides)
         iterations[name] = overrides.get("num_iterations") or config_value(name, "num_iterations")
-        result = {"machine": machine_description(), "volume": args.volume, "degradation": args.degradation,
+        result = {"machine": machine_description(), "volume": relative_to_data(data_path(args.volume)), "degradation": args.degradation,
                   "factors": list(factors), "baselines_psnr": baselines, "best_baseline": best,
                   "curves": {k: [{"seconds": s, "iteration": i, "psnr": p} for s, i, p in v] for k, v in curves.items()},
                   "scheduled_iterations": iterations}
@@ -171,7 +172,7 @@ def stored_curves(path: Path, args: argparse.Namespace) -> tuple[dict, dict]:
     if not path.exists():
         return {}, {}
     old = json.loads(path.read_text())
-    if old.get("volume") != args.volume or old.get("degradation") != args.degradation or old.get("factors", [0])[0] != args.scale:
+    if old.get("volume") != relative_to_data(data_path(args.volume)) or old.get("degradation") != args.degradation or old.get("factors", [0])[0] != args.scale:
         return {}, {}
     keep = [k for k in old["curves"] if k not in args.fields and k in FIELDS]
     curves = {k: [(p["seconds"], p["iteration"], p["psnr"]) for p in old["curves"][k]] for k in keep}
@@ -237,7 +238,8 @@ def write_table(out: Path, result: dict) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--volume", default="/work/shared/data/colin27/ch2.nii.gz")
+    p.add_argument("--volume", default="colin27/ch2.nii.gz",
+                   help="HR volume: a path, or a name in the shared data folder ($CUNERF_DATA, else ../shared/data)")
     p.add_argument("--scale", type=int, default=2)
     p.add_argument("--degradation", default="nearest", choices=["nearest", "box"])
     p.add_argument("--fields", nargs="+", default=["spline", "hashgrid"], choices=sorted(FIELDS))

@@ -6,59 +6,45 @@ Each process (rank) takes the volumes ``r, r + W, r + 2W, …`` of the sorted in
 works on the result). A volume that fails is recorded with its error and the others go on. At the end rank 0
 gathers every rank's records and writes ``OUT/summary.json`` and ``OUT/summary.md``.
 
-Run it as one process, or as ``W`` processes with ``torchrun`` (one per GPU or CPU slot)::
+Run it as one process, or as ``W`` processes with ``torchrun`` (one per GPU or CPU slot); the command is
+``cunerf batch`` (:meth:`cunerf_monai.cli.Commands.batch`, which has every option; ``python -m
+cunerf_monai.batch …`` is the same command)::
 
-    python -m cunerf_monai.batch --inputs volumes/ --out results/ --scale 2
-    torchrun --standalone --nproc_per_node=4 -m cunerf_monai.batch --inputs volumes/ --out results/
+    cunerf batch --inputs volumes/ --out results/ --scale 2
+    torchrun --standalone --nproc_per_node=4 -m cunerf_monai.cli batch --inputs volumes/ --out results/
 
-Each rank appends its records to ``OUT/ranks/rank<r>.json`` as it goes; ``--summarize-only`` rebuilds the
+Each rank appends its records to ``OUT/ranks/rank<r>.json`` as it goes; ``--summarize_only`` rebuilds the
 summary from these files (after a crash, or when the ranks ran as separate jobs).
 
 The process group exists only for the final gather: while fitting, ``torch.distributed`` is not initialised,
 so each fit runs exactly as a single-process fit (same random streams whatever the rank, its own checkpoints
-and metrics). Ranks that finish early wait for the others at the gather (``--timeout-hours``).
+and metrics). Ranks that finish early wait for the others at the gather (``--timeout_hours``).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import gc
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
-from .utils import atomic_path
+from .modeldir import save_model_dir
+from .utils import atomic_path, resolve_overlays, telling_error, write_json
 
 __all__ = ["VOLUME_SUFFIXES", "list_volumes", "volume_names", "partition", "process_volume", "run_batch",
-           "write_summary", "main"]
+           "write_summary", "summarize_ranks"]
 
 logger = logging.getLogger("cunerf.batch")
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 SUMMARY_FIELDS = ("volume", "rank", "status", "seconds", "output", "error")
-
-
-def _overlays(config: Sequence[str]) -> list[str]:
-    """Overlay files as absolute paths (a path, or a name inside the bundle's ``configs/``)."""
-    from .utils import bundle_root
-
-    out = []
-    for item in config:
-        p = Path(str(item))
-        if not p.is_file():
-            p = Path(bundle_root()) / "configs" / str(item)
-        if not p.is_file():
-            raise FileNotFoundError(f"Config overlay not found: {item}")
-        out.append(str(p.resolve()))
-    return out
 
 
 def _is_volume_file(p: Path) -> bool:
@@ -140,16 +126,9 @@ def partition(n: int, rank: int, world_size: int) -> list[int]:
 
 
 def _error_message(exc: BaseException) -> str:
-    """The most telling message of an exception chain (MONAI wraps config errors in ``RuntimeError``)."""
-    shown = exc
-    while not isinstance(shown, (ValueError, FileNotFoundError, FloatingPointError, OSError)) and shown.__cause__:
-        shown = shown.__cause__
+    """``Type: message`` of the most telling exception of a chain (see :func:`~cunerf_monai.utils.telling_error`)."""
+    shown = telling_error(exc)
     return f"{type(shown).__name__}: {shown}".strip()
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2))
 
 
 def process_volume(
@@ -169,16 +148,7 @@ def process_volume(
     try:
         grid = target_grid(result.record, scale=scale)
         sr = render_volume(result.network, result.inferer, result.record, out_dir / "sr.nii.gz", grid)
-        with atomic_path(out_dir / "model.pt") as tmp:
-            shutil.copyfile(result.checkpoint, tmp)
-        info = {
-            "input": path,
-            "overlays": list(overlays),
-            "overrides": {k: v for k, v in overrides.items() if v is not None},
-            "fit_seconds": round(result.seconds, 1),
-            "validation_psnr": result.history,
-        }
-        _write_json(out_dir / "fit.json", info)
+        save_model_dir(out_dir, result, path, overlays, overrides)
         return {"output": sr, "model": str(out_dir / "model.pt"), "shape": list(grid.shape)}
     finally:
         del result
@@ -200,6 +170,7 @@ def run_batch(
     rank: int | None = None,
     world_size: int | None = None,
     timeout_hours: float = 72.0,
+    overrides: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]] | None:
     """Fit and render this rank's share of the volumes; on rank 0 return all records (``None`` elsewhere).
 
@@ -213,6 +184,7 @@ def run_batch(
         seed: random seed of every fit (the same for every volume and rank).
         rank, world_size: this process's share; default ``RANK``/``WORLD_SIZE`` from ``torchrun`` (0 and 1).
         timeout_hours: how long ranks wait for each other at the final gather.
+        overrides: further training-config overrides of every fit (e.g. ``forward_model``).
     """
     from .fitting import fit_overrides, train_config_files
 
@@ -221,14 +193,14 @@ def run_batch(
     world_size = env_world if world_size is None else int(world_size)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    overlays = _overlays(list(config or []))
+    overlays = resolve_overlays(config)
     if any(Path(o).name == "multi_gpu_train.json" for o in overlays):
         raise ValueError("The many-volume job runs one single-process fit per volume; do not pass the DDP overlay "
                          "multi_gpu_train.json (use torchrun on this module to share volumes over processes).")
     config_files = train_config_files(overlays)
-    overrides = fit_overrides(seed, iterations, batch_size, progress=False)
+    fit_settings = fit_overrides(seed, iterations, batch_size, progress=False, **dict(overrides or {}))
     if torch.cuda.is_available():
-        overrides["device"] = f"$torch.device('cuda:{local_rank % torch.cuda.device_count()}')"
+        fit_settings["device"] = f"$torch.device('cuda:{local_rank % torch.cuda.device_count()}')"
 
     volumes = list_volumes(inputs, exclude=[out_dir])
     names = volume_names(volumes)
@@ -242,7 +214,7 @@ def run_batch(
         start = time.perf_counter()
         record: dict[str, Any] = {"index": index, "volume": name, "input": path, "rank": rank}
         try:
-            record.update(process_volume(path, out_dir / name, scale, overrides, config_files, overlays))
+            record.update(process_volume(path, out_dir / name, scale, fit_settings, config_files, overlays))
             record.update(status="ok", error=None)
         except Exception as exc:  # one bad volume must not stop the others
             logger.error(f"rank {rank}: {name} failed: {_error_message(exc)}")
@@ -250,13 +222,13 @@ def run_batch(
             record.update(status="failed", error=_error_message(exc), output=None)
         record["seconds"] = round(time.perf_counter() - start, 2)
         records.append(record)
-        _write_json(rank_file, {**plan, "records": records})
+        write_json(rank_file, {**plan, "records": records})
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         logger.info(f"rank {rank}: {name} {record['status']} in {record['seconds']} s")
     if not mine:
-        _write_json(rank_file, {**plan, "records": records})
+        write_json(rank_file, {**plan, "records": records})
 
     plans = [plan]
     all_records = records
@@ -326,7 +298,7 @@ def write_summary(
         "ranks_with_another_volume_list": mismatched,
         "volumes": rows,
     }
-    _write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / "summary.json", summary)
     lines = [
         f"# Many-volume super-resolution: {summary['ok']} ok, {summary['failed']} failed"
         + (f", {summary['missing']} missing" if summary["missing"] else "")
@@ -346,61 +318,22 @@ def write_summary(
     return summary
 
 
-def _scale(value: str) -> float | list[float]:
-    nums = [float(v) for v in value.split(",") if v.strip()]
-    if not nums or any(not v > 0 for v in nums) or len(nums) not in (1, 3):
-        raise argparse.ArgumentTypeError(f"scale must be one positive number or three (per axis), got {value!r}.")
-    return nums[0] if len(nums) == 1 else nums
+def summarize_ranks(out: str | os.PathLike, scale: float | Sequence[float] | None = None) -> dict[str, Any]:
+    """Rebuild ``OUT/summary.json`` and ``OUT/summary.md`` from ``OUT/ranks/rank*.json`` (``cunerf batch
+    --summarize_only``); returns the summary.
+
+    Raises:
+        FileNotFoundError: there are no rank files in ``OUT/ranks``.
+    """
+    out_dir = Path(out)
+    plans, records = _read_rank_files(out_dir)
+    if not plans:
+        raise FileNotFoundError(f"No rank files in {out_dir / 'ranks'} (nothing to summarise).")
+    return write_summary(out_dir, records, plans, scale)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cunerf_monai.batch`` (also under ``torchrun``)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m cunerf_monai.batch",
-        description="Fit and super-resolve many volumes, shared over torchrun processes (rank r takes volumes "
-        "r, r+W, …). Writes OUT/<name>/sr.nii.gz, model.pt, fit.json and OUT/summary.json, OUT/summary.md.",
-    )
-    parser.add_argument("--inputs", nargs="+", default=[],
-                        help="folders of volumes, .txt lists (one path per line), volumes, or comma-separated lists")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--scale", type=_scale, default=2.0, help="output scale: one number or three (e.g. 2,2,4)")
-    parser.add_argument("--iterations", type=int, default=None, help="training iterations per volume")
-    parser.add_argument("--batch-size", type=int, default=None, help="target cubes per iteration")
-    parser.add_argument("--config", action="append", default=[],
-                        help="training config overlay (path or name in bundle/configs); repeat for several")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout-hours", type=float, default=72.0,
-                        help="how long finished ranks wait for the others before the summary")
-    parser.add_argument("--fail-on-error", action="store_true", help="exit with status 1 if any volume failed")
-    parser.add_argument("--summarize-only", action="store_true",
-                        help="only rebuild OUT/summary.* from OUT/ranks/rank*.json")
-    args = parser.parse_args(argv)
-    rank, _, _ = _rank_env()
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [rank {rank}] %(levelname)s %(message)s")
+if __name__ == "__main__":  # ``python -m cunerf_monai.batch …`` is ``cunerf batch …`` (also under torchrun)
+    import runpy
 
-    out_dir = Path(args.out)
-    if args.summarize_only:
-        plans, records = _read_rank_files(out_dir)
-        if not plans:
-            print(f"no rank files in {out_dir / 'ranks'}", file=sys.stderr)
-            return 2
-        summary = write_summary(out_dir, records, plans, args.scale)
-        print((out_dir / "summary.md").read_text())
-        return 1 if args.fail_on_error and (summary["failed"] or summary["missing"]) else 0
-    if not args.inputs:
-        parser.error("--inputs is required (folders, .txt lists or volumes)")
-    try:
-        records = run_batch(args.inputs, out_dir, args.scale, args.iterations, args.batch_size, args.config,
-                            args.seed, timeout_hours=args.timeout_hours)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"cunerf batch: error: {exc}", file=sys.stderr)
-        return 2
-    if records is None:
-        return 0
-    print((out_dir / "summary.md").read_text())
-    failed = sum(r["status"] != "ok" for r in records)
-    return 1 if args.fail_on_error and failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.argv[1:1] = ["batch"]
+    runpy.run_module("cunerf_monai.cli", run_name="__main__", alter_sys=True)

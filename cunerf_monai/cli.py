@@ -7,20 +7,23 @@ checkpoint) and ``fit.json`` (the config overlays it was fitted with, re-applied
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import fire
 
-from .utils import atomic_path, bundle_root, sample_volume_path
+from .modeldir import checkpoint_of, overlays_of, save_model_dir
+from .utils import bundle_root, resolve_overlays, sample_volume_path, telling_error
 
-__all__ = ["Commands", "main"]
+__all__ = ["Commands", "main", "FORWARD_MODELS"]
 
 logger = logging.getLogger("cunerf")
+
+#: the forward models a fit may assume (``--forward_model``; ``auto`` lets the training config choose)
+FORWARD_MODELS = ("auto", "point", "box", "gaussian")
 
 
 def _as_list(value: Any) -> list[Any] | None:
@@ -33,31 +36,33 @@ def _as_list(value: Any) -> list[Any] | None:
     return [value]
 
 
-def _overlays(config: Any) -> list[str]:
-    """Config overlay files given by the user (paths, or names inside the bundle's ``configs/``)."""
-    out = []
-    for item in _as_list(config) or []:
-        p = Path(str(item))
-        if not p.is_file():
-            p = Path(bundle_root()) / "configs" / str(item)
-        if not p.is_file():
-            raise FileNotFoundError(f"Config overlay not found: {item}")
-        out.append(str(p.resolve()))
-    return out
-
-
 def _inference_workflow(model_dir: str, **overrides: Any):
     """A MONAI ConfigWorkflow of ``inference.json`` + the model's overlays, initialised."""
     from monai.bundle import ConfigWorkflow
 
-    mdir = Path(model_dir)
-    ckpt = mdir / "model.pt" if mdir.is_dir() else mdir
-    fit_info = mdir / "fit.json"
-    overlays = json.loads(fit_info.read_text(encoding="utf-8")).get("overlays", []) if fit_info.is_file() else []
-    files = [str(Path(bundle_root()) / "configs" / "inference.json"), *overlays]
-    wf = ConfigWorkflow(config_file=files, workflow_type="inference", checkpoint=str(ckpt), **overrides)
+    files = [str(Path(bundle_root()) / "configs" / "inference.json"), *overlays_of(model_dir)]
+    wf = ConfigWorkflow(
+        config_file=files, workflow_type="inference", checkpoint=checkpoint_of(model_dir), **overrides
+    )
     wf.initialize()
     return wf
+
+
+def model_overrides(forward_model: str | None = None, slice_thickness: Any = None) -> dict[str, Any]:
+    """Training-config overrides ``forward_model`` and ``slice_thickness`` (mm, one number or three), present
+    only when given (the config's own values apply otherwise)."""
+    out: dict[str, Any] = {}
+    if forward_model is not None:
+        if forward_model not in FORWARD_MODELS:
+            raise ValueError(f"forward_model must be one of {', '.join(FORWARD_MODELS)}, got {forward_model!r}.")
+        out["forward_model"] = str(forward_model)
+    thickness = _floats(slice_thickness, "slice_thickness")
+    if thickness is not None:
+        values = thickness if isinstance(thickness, list) else [thickness]
+        if len(values) not in (1, 3) or not all(v > 0 for v in values):
+            raise ValueError(f"slice_thickness must be one positive number or three (mm), got {slice_thickness!r}.")
+        out["slice_thickness"] = thickness
+    return out
 
 
 class Commands:
@@ -76,6 +81,8 @@ class Commands:
         batch_size: int | None = None,
         channel: int | None = None,
         seed: int = 0,
+        forward_model: str | None = None,
+        slice_thickness: Any = None,
     ) -> str:
         """Fit a model to one volume and write OUT/model.pt and OUT/fit.json.
 
@@ -89,27 +96,22 @@ class Commands:
             batch_size: target cubes per iteration (default: the config's).
             channel: channel to use from a 4D image.
             seed: random seed.
+            forward_model: how each LR voxel samples the field: auto, point, box or gaussian (default: the
+                config's).
+            slice_thickness: the LR slice thickness in mm, one number or three (default: the config's).
         Returns:
             the checkpoint path.
         """
         from .fitting import fit, fit_overrides, train_config_files
 
         source = input or sample_volume_path()
-        overlays = _overlays(config)
-        overrides = fit_overrides(seed, iterations, batch_size, channel=channel)
+        overlays = resolve_overlays(config)
+        overrides = fit_overrides(
+            seed, iterations, batch_size, channel=channel, **model_overrides(forward_model, slice_thickness)
+        )
         mdir = Path(out)
         result = fit(source, mdir / "run", overrides, train_config_files(overlays))
-        with atomic_path(mdir / "model.pt") as tmp:
-            shutil.copyfile(result.checkpoint, tmp)
-        info = {
-            "input": str(source),
-            "overlays": overlays,
-            "overrides": {k: v for k, v in overrides.items() if v is not None},
-            "fit_seconds": round(result.seconds, 1),
-            "validation_psnr": result.history,
-        }
-        with atomic_path(mdir / "fit.json") as tmp:
-            Path(tmp).write_text(json.dumps(info, indent=2))
+        save_model_dir(mdir, result, source, overlays, overrides)
         print(f"fitted in {result.seconds:.0f} s; model: {mdir / 'model.pt'}")
         return str(mdir / "model.pt")
 
@@ -121,10 +123,12 @@ class Commands:
         spacing: Any = None,
         reference: str | None = None,
         normalized: bool = False,
+        dtype: str | None = None,
     ) -> str:
         """Render the fitted volume on a new grid and write it as NIfTI (affine: where every voxel is, in mm).
 
-        Give one of --scale, --spacing or --reference (default --scale 2).
+        Give one of --scale, --spacing or --reference (default --scale 2). This runs the bundle's inference step
+        (``inference.json``'s evaluator) with these settings.
 
         Args:
             model_dir: a model directory from `cunerf fit` (or a checkpoint file).
@@ -133,24 +137,31 @@ class Commands:
                 output voxel scale*i.
             spacing: output voxel size in mm: one number or three.
             reference: render onto exactly the grid (shape and affine) of this image.
-            normalized: keep intensities in [0, 1] instead of the input's range.
+            normalized: keep intensities in [0, 1] instead of the input's range (written as float32).
+            dtype: the written type: the input's stored integer type by default (values rounded and clipped to
+                its range; float32 for float inputs and older models), or float32.
         Returns:
             the written path.
         """
-        from .workflows import load_checkpoint, render_volume, target_grid
-
         if scale is None and spacing is None and reference is None:
             scale = 2.0
-        wf = _inference_workflow(model_dir)
-        network, inferer = wf.parser.get_parsed_content("network"), wf.parser.get_parsed_content("inferer")
-        inferer.progress = sys.stderr.isatty()
-        record = load_checkpoint(wf.parser.get_parsed_content("checkpoint"), network)
-        scale_v = _floats(scale, "scale")
-        spacing_v = _floats(spacing, "spacing")
-        grid = target_grid(record, scale_v, spacing_v, reference)
-        path = render_volume(network, inferer, record, out, grid, original_range=not normalized)
-        print(f"wrote {path}: shape {list(grid.shape)}, spacing {[round(float(s), 4) for s in grid.spacing]} mm")
-        return path
+        target = Path(out)
+        wf = _inference_workflow(
+            model_dir,
+            output_dir=str(target.parent),
+            output_name=target.name,
+            scale=_floats(scale, "scale"),
+            spacing=_floats(spacing, "spacing"),
+            reference=reference,
+            slices=None,
+            original_range=not normalized,
+            dtype=dtype,
+            **{"evaluator#summary_name": None},
+        )
+        summary = wf.parser.get_parsed_content("evaluator").run()
+        spacing_mm = [round(float(s), 4) for s in summary["spacing_mm"]]
+        print(f"wrote {summary['volume']}: shape {summary['shape']}, spacing {spacing_mm} mm")
+        return summary["volume"]
 
     def slices(
         self,
@@ -163,6 +174,7 @@ class Commands:
         zoom: float = 1.0,
         plane: str = "axial",
         size: Any = None,
+        pixel_size: float | None = None,
     ) -> list[str]:
         """Render oblique slices (PNG per angle and an animated GIF of the sweep).
 
@@ -175,7 +187,8 @@ class Commands:
             zpos: offset of the plane from the volume centre along its normal, in mm.
             zoom: magnification (>1 zooms in).
             plane: base plane: axial, coronal or sagittal.
-            size: output pixels H,W (default: the volume's extent at its finest spacing).
+            size: output pixels H,W (default: the volume's extent at --pixel_size).
+            pixel_size: pixel edge in mm before zooming (default: the fitted volume's finest spacing).
         Returns:
             the written files.
         """
@@ -188,6 +201,7 @@ class Commands:
         paths = render_slices(
             network, inferer, record, out, _floats(axis, "axis"), _floats(angles, "angles"), float(asteps),
             float(zpos), float(zoom), plane, None if size_v is None else [int(v) for v in size_v],
+            pixel_size=None if pixel_size is None else float(pixel_size),
         )
         print(f"wrote {len(paths)} files to {out}")
         return paths
@@ -202,6 +216,8 @@ class Commands:
         config: Any = None,
         iterations: int | None = None,
         channel: int | None = None,
+        forward_model: str | None = None,
+        slice_thickness: Any = None,
     ) -> dict:
         """Self-evaluation: simulate LR from an HR volume, fit on LR only, render on the HR grid, and score
         PSNR/SSIM against aligned interpolation baselines. Writes metrics.json, table.md and figure.png.
@@ -216,6 +232,9 @@ class Commands:
             config: optional training config overlay(s).
             iterations: training iterations (default: the config's).
             channel: channel to use from a 4D image.
+            forward_model: how each LR voxel samples the field: auto, point, box or gaussian (default: the
+                config's).
+            slice_thickness: the LR slice thickness in mm, one number or three (default: the config's).
         Returns:
             the metrics.
         """
@@ -223,27 +242,34 @@ class Commands:
         from .fitting import train_config_files
 
         overrides = {} if iterations is None else {"num_iterations": int(iterations)}
+        overrides.update(model_overrides(forward_model, slice_thickness))
         metrics = self_evaluate(
             hr or sample_volume_path(), out, _floats(scale, "scale"), slice_axis, degradation, overrides,
-            train_config_files(_overlays(config)), channel,
+            train_config_files(config), channel,
         )
         print((Path(out) / "table.md").read_text(encoding="utf-8"))
         return {"margin_psnr_db": metrics["margin_psnr_db"], "best_aligned_baseline": metrics["best_aligned_baseline"]}
 
     def batch(
         self,
-        inputs: Any,
+        inputs: Any = None,
         out: str = "cunerf_batch",
         scale: Any = 2,
         iterations: int | None = None,
         batch_size: int | None = None,
         config: Any = None,
         seed: int = 0,
+        forward_model: str | None = None,
+        slice_thickness: Any = None,
+        timeout_hours: float = 72.0,
+        fail_on_error: bool = True,
+        summarize_only: bool = False,
     ) -> dict:
         """Fit and super-resolve many volumes, one fit per volume. Writes OUT/<name>/sr.nii.gz, model.pt and
         fit.json (so `cunerf render OUT/<name>` works), OUT/summary.json and OUT/summary.md. A volume that fails is
-        reported and the others go on. To share the volumes over W processes (rank r takes volumes r, r+W, …):
-        torchrun --standalone --nproc_per_node=W -m cunerf_monai.batch --inputs DIR --out OUT.
+        reported and the others go on; the command then exits with status 1 (after writing the summary). To share
+        the volumes over W processes (rank r takes volumes r, r+W, ...):
+        torchrun --standalone --nproc_per_node=W -m cunerf_monai.cli batch --inputs DIR --out OUT.
 
         Args:
             inputs: a folder of volumes (NIfTI/NRRD files, DICOM sub-folders), a .txt list (one path per line), or
@@ -254,18 +280,37 @@ class Commands:
             batch_size: target cubes per iteration (default: the config's).
             config: optional training config overlay(s), comma-separated.
             seed: random seed of every fit.
+            forward_model: how each LR voxel samples the field: auto, point, box or gaussian (default: the
+                config's).
+            slice_thickness: the LR slice thickness in mm, one number or three (default: the config's).
+            timeout_hours: how long finished ranks wait for the others before the summary.
+            fail_on_error: exit with status 1 when a volume failed or is missing (--nofail_on_error: status 0).
+            summarize_only: only rebuild OUT/summary.* from OUT/ranks/rank*.json (after a crash, or when the
+                ranks ran as separate jobs).
         Returns:
             the number of volumes that succeeded and failed.
         """
-        from .batch import run_batch
+        from .batch import run_batch, summarize_ranks
 
-        records = run_batch(
-            _as_list(inputs) or [], out, _floats(scale, "scale"), iterations, batch_size, _as_list(config), seed
-        )
-        if records is None:  # a rank other than 0 (rank 0 writes and prints the summary)
-            return {}
+        scale_v = _floats(scale, "scale")
+        if summarize_only:
+            summary = summarize_ranks(out, scale_v)
+            counts = {k: summary[k] for k in ("ok", "failed", "missing")}
+        else:
+            if not _as_list(inputs):
+                raise ValueError("--inputs is required (folders, .txt lists or volumes).")
+            records = run_batch(
+                _as_list(inputs) or [], out, scale_v, iterations, batch_size, _as_list(config), seed,
+                timeout_hours=float(timeout_hours), overrides=model_overrides(forward_model, slice_thickness),
+            )
+            if records is None:  # a rank other than 0 (rank 0 writes and prints the summary)
+                return {}
+            counts = {"ok": sum(r["status"] == "ok" for r in records),
+                      "failed": sum(r["status"] != "ok" for r in records)}
         print((Path(out) / "summary.md").read_text())
-        return {"ok": sum(r["status"] == "ok" for r in records), "failed": sum(r["status"] != "ok" for r in records)}
+        if fail_on_error and (counts["failed"] or counts.get("missing")):
+            raise SystemExit(1)
+        return counts
 
 
 def _floats(value: Any, name: str) -> list[float] | float | None:
@@ -281,17 +326,15 @@ def _floats(value: Any, name: str) -> list[float] | float | None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point (``cunerf``)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    """Console entry point (``cunerf``). Exits with status 2 and one line naming the problem on a bad input or
+    setting; ``cunerf batch`` with status 1 when a volume failed."""
+    rank = os.environ.get("RANK")
+    where = "" if rank is None else f" [rank {rank}]"
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s{where} %(levelname)s %(message)s")
     try:
         fire.Fire(Commands(), command=list(argv) if argv is not None else None, name="cunerf")
-    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
-        # MONAI wraps config errors in RuntimeError("Failed to evaluate ..."): report the outermost project error
-        # (ValueError / FileNotFoundError, which names the file and the problem), not the innermost cause
-        shown = exc
-        while not isinstance(shown, (ValueError, FileNotFoundError, FloatingPointError)) and shown.__cause__:
-            shown = shown.__cause__
-        print(f"cunerf: error: {shown}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError, FloatingPointError) as exc:
+        print(f"cunerf: error: {telling_error(exc)}", file=sys.stderr)
         sys.exit(2)
 
 

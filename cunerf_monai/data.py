@@ -7,29 +7,15 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
+from ignite.distributed import get_rank as distributed_rank
 from monai.engines.utils import PrepareBatch
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from .geometry import VolumeGeometry
+from .geometry import VolumeGeometry, geometry_of
 from .transforms.array import check_volume
 
 __all__ = ["RandomCubeDataset", "SlabDataset", "CubePrepareBatch", "geometry_of", "distributed_rank"]
-
-
-def distributed_rank() -> int:
-    """This process's rank under ``torch.distributed`` (0 when not distributed)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return 0
-
-
-def geometry_of(image: torch.Tensor, padding: float | Sequence[float] = 1.0) -> VolumeGeometry:
-    """:class:`VolumeGeometry` of a channel-first image ``(1, X, Y, Z)`` (its MetaTensor affine)."""
-    affine = image.affine if isinstance(image, MetaTensor) else torch.eye(4)
-    affine_np = np.asarray(convert_to_tensor(affine, track_meta=False).cpu().numpy(), dtype=np.float64)
-    return VolumeGeometry(tuple(image.shape[-3:]), affine_np, padding)  # type: ignore[arg-type]
 
 
 class RandomCubeDataset(IterableDataset):

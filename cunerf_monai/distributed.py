@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import ignite.distributed as idist
 import torch
 import torch.distributed as dist
 
@@ -55,8 +56,9 @@ def is_distributed() -> bool:
 
 
 def get_rank() -> int:
-    """This process's global rank (0 without a process group)."""
-    return dist.get_rank() if is_distributed() else 0
+    """This process's global rank (0 without a process group): Ignite's ``idist.get_rank``, the one rank check of
+    the package (the datasets' random streams use it too)."""
+    return idist.get_rank()
 
 
 def get_world_size() -> int:

@@ -12,7 +12,7 @@ from torch import nn
 
 from .inferers import CuNeRFInferer
 from .records import VolumeRecord
-from .utils import bundle_root
+from .utils import bundle_root, resolve_overlays
 
 __all__ = ["FitResult", "check_settings", "fit", "fit_overrides", "train_config_files"]
 
@@ -44,13 +44,9 @@ class FitResult:
 
 
 def train_config_files(extra: Sequence[str] | str | None = None) -> list[str]:
-    """``configs/train.json`` of the bundle plus optional overlay files (names relative to ``configs/`` allowed)."""
-    configs = Path(bundle_root()) / "configs"
-    files = [str(configs / "train.json")]
-    for f in [extra] if isinstance(extra, str) else list(extra or []):
-        p = Path(f)
-        files.append(str(p if p.is_file() else configs / p))
-    return files
+    """``configs/train.json`` of the bundle plus optional overlay files (see :func:`~cunerf_monai.utils.resolve_overlays`:
+    names relative to ``configs/`` allowed; a missing overlay raises ``FileNotFoundError``)."""
+    return [str(Path(bundle_root()) / "configs" / "train.json"), *resolve_overlays(extra)]
 
 
 _INTEGERS = ("num_iterations", "epoch_length", "batch_size", "num_coarse", "num_coarse_eval")

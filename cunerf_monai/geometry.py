@@ -36,6 +36,7 @@ __all__ = [
     "rodrigues",
     "oblique_plane",
     "ObliquePlane",
+    "geometry_of",
 ]
 
 
@@ -158,6 +159,17 @@ class VolumeGeometry:
         return cls(tuple(data["shape"]), np.asarray(data["affine"]), tuple(data["padding"]))
 
 
+def geometry_of(image: torch.Tensor, padding: float | Sequence[float] = 1.0) -> VolumeGeometry:
+    """:class:`VolumeGeometry` of a channel-first image ``(1, X, Y, Z)``: its ``affine`` (a MetaTensor's), the
+    identity for a plain tensor."""
+    affine = getattr(image, "affine", None)
+    if affine is None:
+        affine_np = np.eye(4)
+    else:
+        affine_np = np.asarray(affine.detach().cpu().numpy() if isinstance(affine, torch.Tensor) else affine)
+    return VolumeGeometry(tuple(image.shape[-3:]), np.asarray(affine_np, dtype=np.float64), padding)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class TargetGrid:
     """A regular output grid: ``shape (X', Y', Z')`` and ``affine (4, 4)`` (index → world mm)."""
@@ -278,14 +290,15 @@ def oblique_plane(
     zoom: float = 1.0,
     size: Sequence[int] | None = None,
     plane: str = "axial",
+    pixel_size: float | None = None,
 ) -> ObliquePlane:
     """Plane through the volume (Eq. 14): base plane, rotation ``M_R``, translation ``M_T``, zoom ``M_S``.
 
     The base plane is the volume's ``plane`` (``"axial"``: voxel axes i, j; ``"coronal"``: i, k;
     ``"sagittal"``: j, k) through the volume centre, covering the volume's field of view with square pixels
-    of the smallest voxel spacing. It is rotated by ``angle`` degrees about ``axis`` (given in the volume's
-    voxel-axis frame, e.g. ``(1, 1, 0)``) around the volume centre, moved by ``position`` mm along its
-    (rotated) normal, and zoomed by ``zoom`` (``zoom > 1`` magnifies: the same pixel count covers a smaller
+    of ``pixel_size`` mm (default the smallest voxel spacing). It is rotated by ``angle`` degrees about ``axis``
+    (given in the volume's voxel-axis frame, e.g. ``(1, 1, 0)``) around the volume centre, moved by ``position``
+    mm along its (rotated) normal, and zoomed by ``zoom`` (``zoom > 1`` magnifies: the same pixel count covers a smaller
     area).
 
     Args:
@@ -294,8 +307,10 @@ def oblique_plane(
         angle: rotation angle in degrees.
         position: offset along the plane normal in mm from the volume centre.
         zoom: magnification, positive.
-        size: pixels ``(H, W)``; default the volume's extent at the smallest spacing.
+        size: pixels ``(H, W)``; default the volume's extent at ``pixel_size``.
         plane: base plane name.
+        pixel_size: pixel edge in mm before zooming (e.g. a render's finest spacing); default the volume's
+            smallest voxel spacing.
 
     Returns:
         an :class:`ObliquePlane` with world positions ``(H, W, 3)``.
@@ -313,9 +328,12 @@ def oblique_plane(
     # unit directions of the voxel axes in world space (orientation frame of the volume)
     frame = linear / spacing
     extent = np.asarray(geometry.shape, dtype=np.float64) * spacing
-    pixel = float(spacing.min()) / float(zoom)
+    base = float(spacing.min()) if pixel_size is None else float(pixel_size)
+    if not np.isfinite(base) or base <= 0:
+        raise ValueError(f"pixel_size must be a positive number of mm, got {pixel_size}.")
+    pixel = base / float(zoom)
     if size is None:
-        size = tuple(int(np.ceil(extent[a] / spacing.min() - 1e-6)) for a in (a_u, a_v))
+        size = tuple(int(np.ceil(extent[a] / base - 1e-6)) for a in (a_u, a_v))
     h, w = (int(v) for v in size)
     if h < 1 or w < 1:
         raise ValueError(f"plane size must be positive, got {size}.")
@@ -333,8 +351,3 @@ def oblique_plane(
     uv = grid_index_points((h, w, 1))[..., 0, :]
     world = _apply_affine(affine, uv)
     return ObliquePlane(world=world, affine=affine)
-
-
-def to_tensor(points: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
-    """float64 numpy points → float32 tensor on ``device``."""
-    return torch.as_tensor(np.ascontiguousarray(points), dtype=torch.float32, device=device)

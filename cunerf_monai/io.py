@@ -19,7 +19,13 @@ from PIL import Image
 from .transforms.array import NormalizeToUnitRange, check_volume
 from .utils import atomic_path
 
-__all__ = ["load_volume", "load_normalized", "save_nifti", "save_png", "save_gif", "to_uint8"]
+__all__ = [
+    "load_volume", "load_normalized", "save_nifti", "save_png", "save_gif", "to_uint8", "output_dtype",
+    "STORED_DTYPE_KEY",
+]
+
+#: meta key of the type the volume's values were stored with (``"int16"``, ``"uint8"``, ``"float32"``…)
+STORED_DTYPE_KEY = "stored_dtype"
 
 
 _ITK_SUFFIXES = (".nrrd", ".nhdr", ".dcm", ".mha", ".mhd")
@@ -109,8 +115,26 @@ def _read_problem(p: Path, exc: BaseException) -> str:
     return f"Could not read {p} as {kind}: {cause}"
 
 
+def _stored_dtype(p: Path) -> str | None:
+    """The value type of a NIfTI file as its header stores it (``float32`` when a slope or intercept rescales the
+    values), or ``None`` for other formats (their type is read off the loaded array; MONAI widens unsigned 16-
+    and 32-bit types to signed 32- and 64-bit ones)."""
+    if not (p.is_file() and p.name.lower().endswith((".nii", ".nii.gz"))):
+        return None
+    try:
+        proxy = nib.load(str(p)).dataobj
+        slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
+        rescaled = not (np.isnan(slope) or slope == 1.0) or not (np.isnan(inter) or inter == 0.0)
+        return "float32" if rescaled else np.dtype(proxy.dtype).name
+    except Exception:
+        return None
+
+
 def load_volume(path: str | os.PathLike, channel: int | None = None, validate: bool = True) -> MetaTensor:
-    """Read a 3D volume as a channel-first MetaTensor ``(1, X, Y, Z)`` with its RAS affine.
+    """Read a 3D volume as a float32 channel-first MetaTensor ``(1, X, Y, Z)`` with its RAS affine.
+
+    The type the values were stored with (``int16`` for most CT, ``float32``…; ``float32`` when a NIfTI slope or
+    intercept rescales them) is kept in ``meta["stored_dtype"]``, so renders can be written back in it.
 
     NIfTI files are read with nibabel; DICOM series folders and NRRD/MetaImage files with ITK (its LPS
     geometry converted to RAS, ``RAS = diag(-1, -1, 1) · LPS``), so the affine maps voxel indices to the same
@@ -147,7 +171,7 @@ def load_volume(path: str | os.PathLike, channel: int | None = None, validate: b
         raise ValueError(f"{p} is an empty file (0 bytes): not an image.")
     reader = "ITKReader" if p.is_dir() or p.suffix.lower() in _ITK_SUFFIXES else None
     try:
-        img = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)(str(p))
+        img = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=None)(str(p))
     except Exception as exc:  # MONAI wraps reader errors in several types; name the file and the cause
         raise ValueError(_read_problem(p, exc)) from None  # the message names the cause; __context__ keeps it
     if not isinstance(img, MetaTensor):
@@ -190,6 +214,9 @@ def load_volume(path: str | os.PathLike, channel: int | None = None, validate: b
             f"{p} has a degenerate geometry (voxel-to-world matrix {np.round(affine, 4).tolist()}): "
             "a voxel size is zero or not finite, or two voxel axes coincide."
         )
+    stored = _stored_dtype(p) or str(img.dtype).removeprefix("torch.")
+    img = img.to(torch.float32)
+    img.meta[STORED_DTYPE_KEY] = stored
     if validate:
         check_volume(img, str(p))
     return img
@@ -200,15 +227,34 @@ def load_normalized(path: str | os.PathLike, channel: int | None = None) -> Meta
     return NormalizeToUnitRange()(load_volume(path, channel))
 
 
-def save_nifti(path: str | os.PathLike, volume: np.ndarray | torch.Tensor, affine: np.ndarray) -> str:
+def output_dtype(stored: str | None, dtype: str | None = None) -> np.dtype:
+    """The type to write a render in: ``dtype="float32"`` on request, else (``None`` or ``"input"``) the input's
+    ``stored`` type when it is an integer type, else float32."""
+    if dtype not in (None, "input", "float32"):
+        raise ValueError(f"dtype must be 'input' (the input's stored integer type) or 'float32', got {dtype!r}.")
+    if dtype is None or dtype == "input":
+        with_type = np.dtype(stored) if stored else None
+        if with_type is not None and np.issubdtype(with_type, np.integer):
+            return with_type
+    return np.dtype(np.float32)
+
+
+def save_nifti(
+    path: str | os.PathLike, volume: np.ndarray | torch.Tensor, affine: np.ndarray, dtype: np.dtype | str = "float32"
+) -> str:
     """Write a 3D volume ``(X, Y, Z)`` as NIfTI with ``affine`` (voxel index → RAS mm), atomically.
 
     The spacing, origin and direction all come from ``affine``, so the file overlays the input in a viewer.
+    With an integer ``dtype`` the values are rounded and clipped to that type's range.
     """
     arr = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
     if arr.ndim != 3:
         raise ValueError(f"save_nifti expects a 3D volume, got shape {arr.shape}.")
-    img = nib.Nifti1Image(arr.astype(np.float32), np.asarray(affine, dtype=np.float64))
+    kind = np.dtype(dtype)
+    if np.issubdtype(kind, np.integer):
+        info = np.iinfo(kind)
+        arr = np.clip(np.rint(arr.astype(np.float64)), info.min, info.max)
+    img = nib.Nifti1Image(arr.astype(kind), np.asarray(affine, dtype=np.float64))
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
     img.header.set_xyzt_units("mm")

@@ -3,7 +3,6 @@ volume on a target grid (scale, spacing or a reference image) to NIfTI, render o
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -13,12 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import geometry_of
-from .geometry import TargetGrid, grid_for_scale, grid_for_spacing, oblique_plane
+from .geometry import TargetGrid, geometry_of, grid_for_scale, grid_for_spacing, oblique_plane
 from .inferers import CuNeRFInferer, field_device
-from .io import load_volume, save_gif, save_nifti, save_png
+from .io import load_volume, output_dtype, save_gif, save_nifti, save_png
 from .records import VolumeRecord
 from .transforms.array import denormalize_intensity
+from .utils import write_json
 
 __all__ = ["fitted_shape", "load_checkpoint", "target_grid", "render_volume", "render_slices", "VolumeRenderer", "sweep_angles"]
 
@@ -110,6 +109,7 @@ def render_volume(
     grid: TargetGrid,
     original_range: bool = True,
     max_voxels: int = 2**31,
+    dtype: str | None = None,
 ) -> str:
     """Render ``grid`` and write it as NIfTI (atomically) with the grid's affine.
 
@@ -122,7 +122,12 @@ def render_volume(
         original_range: map intensities back to the input's range (else keep ``[0, 1]``). Either way values are
             clipped to the input's range (a deconvolving field can overshoot near edges).
         max_voxels: refuse larger outputs before allocating anything.
+        dtype: the written type: ``None`` or ``"input"`` for the input's stored integer type (``record.dtype``;
+            values rounded and clipped to its range), ``"float32"`` on request. Inputs stored as floats, records
+            without a stored type (older checkpoints) and normalised renders (``original_range=False``) are
+            written as float32.
     """
+    kind = output_dtype(record.dtype if original_range else None, dtype)
     if grid.num_voxels > max_voxels:
         raise ValueError(
             f"The output grid {grid.shape} has {grid.num_voxels:,} voxels (> {max_voxels:,}); "
@@ -133,7 +138,7 @@ def render_volume(
     values = inferer.render_grid(network, record.geometry, grid).clamp_(0.0, 1.0)  # the input's range
     if original_range:
         values = denormalize_intensity(values, record.intensity_range)
-    return save_nifti(output, values, grid.affine)
+    return save_nifti(output, values, grid.affine, kind)
 
 
 def sweep_angles(angles: Sequence[float] = (0.0, 360.0), asteps: float = 45.0) -> list[float]:
@@ -160,6 +165,7 @@ def render_slices(
     plane: str = "axial",
     size: Sequence[int] | None = None,
     gif_duration_ms: int = 200,
+    pixel_size: float | None = None,
 ) -> list[str]:
     """Render oblique slices over an angle sweep: one PNG per angle plus ``sweep.gif``.
 
@@ -170,7 +176,9 @@ def render_slices(
         zpos: offset along the plane normal in mm from the volume centre.
         zoom: magnification (> 1 zooms in).
         plane: base plane (``axial``, ``coronal``, ``sagittal``).
-        size: pixels ``(H, W)`` (default: the volume's extent at its finest spacing).
+        size: pixels ``(H, W)`` (default: the volume's extent at ``pixel_size``).
+        pixel_size: pixel edge in mm before zooming (default: the fitted volume's finest spacing;
+            :class:`VolumeRenderer` passes its render's finest spacing).
 
     Returns:
         the written file paths (PNGs then the GIF).
@@ -178,7 +186,7 @@ def render_slices(
     out = Path(output_dir)
     frames, paths = [], []
     for angle in sweep_angles(angles, asteps):
-        pl = oblique_plane(record.geometry, axis, angle, zpos, zoom, size, plane)
+        pl = oblique_plane(record.geometry, axis, angle, zpos, zoom, size, plane, pixel_size)
         img = inferer.render_plane(network, record.geometry, pl)
         frames.append(img)
         paths.append(save_png(out / f"slice_{plane}_angle{angle:06.1f}.png", img))
@@ -198,8 +206,12 @@ class VolumeRenderer:
         spacing: output voxel size in mm.
         reference: render onto this image's grid.
         output_name: NIfTI file name inside ``output_dir``.
-        slices: keyword arguments of :func:`render_slices`, or ``None`` to skip the slices.
+        slices: keyword arguments of :func:`render_slices`, or ``None`` to skip the slices. Without a
+            ``pixel_size`` the slices are drawn at the render's finest spacing.
         original_range: write intensities in the input's range.
+        dtype: the volume's written type (see :func:`render_volume`): ``None``/``"input"`` for the input's
+            stored integer type, ``"float32"`` on request.
+        summary_name: file name of the JSON summary inside ``output_dir``, or ``None`` to write none.
     """
 
     def __init__(
@@ -214,33 +226,39 @@ class VolumeRenderer:
         output_name: str = "sr.nii.gz",
         slices: dict[str, Any] | None = None,
         original_range: bool = True,
+        dtype: str | None = None,
+        summary_name: str | None = "render.json",
     ) -> None:
         self.network, self.inferer = network, inferer
         self.checkpoint, self.output_dir = checkpoint, output_dir
         self.scale = None if (spacing is not None or reference is not None) else scale
         self.spacing, self.reference = spacing, reference
         self.output_name, self.slices, self.original_range = output_name, slices, original_range
+        self.dtype, self.summary_name = dtype, summary_name
+        output_dtype(None, dtype)  # a wrong dtype name fails before the checkpoint is read
 
     def run(self) -> dict[str, Any]:
-        """Render and write everything; returns a summary (also written as ``render.json``)."""
+        """Render and write everything; returns a summary (also written as ``summary_name``)."""
         record = load_checkpoint(self.checkpoint, self.network)
         grid = target_grid(record, self.scale, self.spacing, self.reference)
         out = Path(self.output_dir)
         logger.info(f"rendering {grid.shape} voxels at spacing {np.round(grid.spacing, 4).tolist()} mm")
         volume = render_volume(
-            self.network, self.inferer, record, out / self.output_name, grid, self.original_range
+            self.network, self.inferer, record, out / self.output_name, grid, self.original_range, dtype=self.dtype
         )
         summary: dict[str, Any] = {
             "volume": volume,
             "shape": list(grid.shape),
             "spacing_mm": grid.spacing.tolist(),
             "affine": grid.affine.tolist(),
+            "dtype": output_dtype(record.dtype if self.original_range else None, self.dtype).name,
         }
         if self.slices is not None:
-            summary["slices"] = render_slices(self.network, self.inferer, record, out / "slices", **self.slices)
-        from .utils import atomic_path
-
-        with atomic_path(out / "render.json") as tmp:
-            Path(tmp).write_text(json.dumps(summary, indent=2))
+            slices = dict(self.slices)
+            if slices.get("pixel_size") is None:
+                slices["pixel_size"] = float(grid.spacing.min())  # the render's resolution
+            summary["slices"] = render_slices(self.network, self.inferer, record, out / "slices", **slices)
+        if self.summary_name:
+            write_json(out / self.summary_name, summary)
         logger.info(f"wrote {volume}")
         return summary

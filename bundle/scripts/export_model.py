@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from cunerf_monai.utils import atomic_path
 
 
 def export(checkpoint: str, out: str) -> dict:
@@ -26,15 +27,8 @@ def export(checkpoint: str, out: str) -> dict:
     if missing:
         raise ValueError(f"{checkpoint} lacks {sorted(missing)}: not a cunerf-monai training checkpoint.")
     slim = {"model": {k: v.contiguous() for k, v in ckpt["model"].items()}, "volume": ckpt["volume"]}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=Path(out).parent, suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         torch.save(slim, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return slim
 
 

@@ -1,8 +1,8 @@
 """Figures for super-resolution evaluation: slice comparison grids (CuNeRF Fig. 3/7 style) and curves.
 
 Matplotlib is used through its object API with the Agg canvas (no pyplot, no global backend switch, safe in
-worker threads). Every file is written atomically: rendered to a temporary file in the destination directory,
-then moved over the target with :func:`os.replace`, so a reader never sees a half-written PNG.
+worker threads). Every file is written atomically with :func:`cunerf_monai.utils.atomic_path` (a temporary file in
+the destination directory moved over the target), so a reader never sees a half-written PNG.
 
 Slices of an ``(X, Y, Z)`` volume (see :data:`cunerf_monai.evaluation.metrics.PLANE_AXES`) are shown with the
 first remaining axis horizontal and the second vertical, origin at the lower left: axial ``vol[:, :, k]``
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from typing import Mapping, Sequence
 
@@ -24,9 +23,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .baselines import resample_to_grid
-from .metrics import PLANE_AXES
-
+from ..utils import atomic_path
 from .arrays import as_volume
+from .metrics import PLANE_AXES
 
 __all__ = ["comparison_figure", "plot_curve", "take_slice", "slice_psnr", "MAX_IMAGE_COLUMNS"]
 
@@ -69,21 +68,11 @@ def slice_psnr(pred: np.ndarray, target: np.ndarray, data_range: float = 1.0) ->
 
 
 def _atomic_savefig(fig: Figure, path, dpi: int) -> str:
-    """Save ``fig`` as PNG to ``path`` atomically (temporary file in the same directory + ``os.replace``)."""
+    """Save ``fig`` as PNG to ``path`` atomically (see :func:`cunerf_monai.utils.atomic_path`)."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=directory)
-    os.close(fd)
-    try:
-        FigureCanvasAgg(fig)
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -3,7 +3,6 @@ volume, beside correctly aligned interpolation baselines (and, labelled, a misal
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -18,7 +17,7 @@ from monai.data import MetaTensor
 from ..geometry import TargetGrid
 from ..io import load_normalized, save_nifti
 from ..transforms.array import SimulateLowResolution, degradation_factors, denormalize_intensity
-from ..utils import atomic_path
+from ..utils import atomic_path, write_json
 from .baselines import MISALIGNED_KEY, run_baselines
 from .figures import comparison_figure
 from .metrics import foreground_mask, format_table, score
@@ -45,11 +44,6 @@ def machine_description() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2))
 
 
 def data_consistency(sr: np.ndarray, hr: torch.Tensor, lr: np.ndarray, factors, degradation: str) -> float:
@@ -163,7 +157,7 @@ def self_evaluate(
         "validation_history": fitted.history,
         "machine": machine_description(),
     }
-    _write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
     table = format_table({(f"{k} (misaligned)" if k == MISALIGNED_KEY else k): v for k, v in results.items()})
     with atomic_path(out / "table.md") as tmp:
         Path(tmp).write_text(table + "\n", encoding="utf-8")

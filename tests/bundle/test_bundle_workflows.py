@@ -14,46 +14,25 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from cunerf_monai.geometry import rodrigues
+from conftest import TINY_OVERLAY, tiny_affine
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundle" / "configs"
 SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"  # MONAI model-zoo schema, kept offline
-TINY = {
+TINY = {  # the tiny overlay's training settings, 4 iterations, the configs' own test-time sample counts
     "num_iterations": 4,
-    "epoch_length": 2,
-    "batch_size": 64,
-    "num_coarse": 8,
-    "num_fine": 0,
+    **{k: TINY_OVERLAY[k] for k in ("epoch_length", "batch_size", "num_coarse", "num_fine", "progress")},
     "chunk_size": 512,
-    "progress": False,
 }
 
 
-def _oblique_affine() -> np.ndarray:
-    aff = np.eye(4)
-    aff[:3, :3] = rodrigues((1.0, 2.0, 0.5), 20.0) @ np.diag([1.5, 1.2, 3.0])
-    aff[:3, 3] = (-20.0, 10.0, 5.0)
-    return aff
-
-
 @pytest.fixture(scope="module")
-def tiny_volume(tmp_path_factory) -> Path:
-    """A smooth synthetic 12 x 14 x 10 volume with an oblique, anisotropic affine (int16, like a scanner)."""
-    path = tmp_path_factory.mktemp("data") / "tiny.nii.gz"
-    i, j, k = np.meshgrid(np.arange(12), np.arange(14), np.arange(10), indexing="ij")
-    vol = 100 + 80 * np.sin(i / 3.0) * np.cos(j / 4.0) + 10 * k
-    nib.save(nib.Nifti1Image(vol.astype(np.int16), _oblique_affine()), str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_volume, tmp_path_factory) -> Path:
+def trained(tiny_nifti, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train")
     wf = ConfigWorkflow(
         config_file=str(CONFIGS / "train.json"),
         workflow_type="train",
-        input_image=str(tiny_volume),
+        input_image=str(tiny_nifti),
         output_dir=str(out),
         **TINY,
     )
@@ -74,19 +53,19 @@ def test_metadata_is_valid():
     assert meta["pytorch_version"] == torch.__version__.split("+")[0]
 
 
-def test_training_writes_checkpoint_with_volume_record(trained, tiny_volume):
+def test_training_writes_checkpoint_with_volume_record(trained, tiny_nifti):
     ckpt = torch.load(trained, weights_only=False)
     assert {"model", "optimizer", "trainer", "volume", "lr_scheduler"} <= set(ckpt)
     assert ckpt["trainer"]["iteration"] == TINY["num_iterations"]
     geo = ckpt["volume"]["geometry"]
     assert geo["shape"] == [12, 14, 10]
-    np.testing.assert_allclose(np.asarray(geo["affine"]), _oblique_affine(), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(geo["affine"]), tiny_affine(), atol=1e-5)
     lo, hi = ckpt["volume"]["intensity_range"]
-    vol = nib.load(str(tiny_volume)).get_fdata()
+    vol = nib.load(str(tiny_nifti)).get_fdata()
     assert lo == pytest.approx(vol.min()) and hi == pytest.approx(vol.max())
 
 
-def test_inference_writes_x2_nifti_with_correct_affine(trained, tiny_volume, tmp_path):
+def test_inference_writes_x2_nifti_with_correct_affine(trained, tiny_nifti, tmp_path):
     out = tmp_path / "inf"
     wf = ConfigWorkflow(
         config_file=str(CONFIGS / "inference.json"),
@@ -103,7 +82,7 @@ def test_inference_writes_x2_nifti_with_correct_affine(trained, tiny_volume, tmp
     wf.finalize()
     sr = nib.load(str(out / "sr.nii.gz"))
     assert sr.shape == (24, 28, 20)
-    lr_aff = nib.load(str(tiny_volume)).affine
+    lr_aff = nib.load(str(tiny_nifti)).affine
     # the world position of every input voxel centre i is reproduced at output voxel 2·i
     idx = np.stack(np.meshgrid(np.arange(12), np.arange(14), np.arange(10), indexing="ij"), -1).reshape(-1, 3)
     world_in = idx @ lr_aff[:3, :3].T + lr_aff[:3, 3]
@@ -112,13 +91,25 @@ def test_inference_writes_x2_nifti_with_correct_affine(trained, tiny_volume, tmp
     np.testing.assert_allclose(np.linalg.norm(sr.affine[:3, :3], axis=0), [0.75, 0.6, 1.5], atol=1e-5)
     # intensities come back in the input's range
     data = sr.get_fdata()
-    vol = nib.load(str(tiny_volume)).get_fdata()
+    vol = nib.load(str(tiny_nifti)).get_fdata()
     assert np.isfinite(data).all()
     assert vol.min() - 1e-3 <= data.min() and data.max() <= vol.max() + 1e-3
     pngs = sorted((out / "slices").glob("*.png"))
     assert len(pngs) == 3 and (out / "slices" / "sweep.gif").is_file()
     summary = json.loads((out / "render.json").read_text())
     assert summary["shape"] == [24, 28, 20]
+
+
+def _messages_of_failed_run(wf: ConfigWorkflow) -> list[str]:
+    """Initialise and run ``wf``, which must fail; the messages of the exception and its causes."""
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+        wf.run()
+    chain, exc = [], info.value
+    while exc is not None:
+        chain.append(str(exc))
+        exc = exc.__cause__
+    return chain
 
 
 def test_inference_refuses_missing_checkpoint(tmp_path):
@@ -128,13 +119,7 @@ def test_inference_refuses_missing_checkpoint(tmp_path):
         checkpoint=str(tmp_path / "nope.pt"),
         output_dir=str(tmp_path / "out"),
     )
-    with pytest.raises(Exception) as info:
-        wf.initialize()
-        wf.run()
-    chain, exc = [], info.value
-    while exc is not None:
-        chain.append(str(exc))
-        exc = exc.__cause__
+    chain = _messages_of_failed_run(wf)
     assert any("Checkpoint not found" in m for m in chain), chain
     assert not (tmp_path / "out" / "sr.nii.gz").exists()
 
@@ -172,15 +157,9 @@ def test_model_zoo_checks(trained, tmp_path):
      ({"batch_size": 12.5}, "batch_size must be a positive integer"),
      ({"cube_size": "big"}, "cube_size must be one number or three")],
 )
-def test_config_override_of_wrong_type_is_named(tiny_volume, tmp_path, override, words):
-    wf = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train", input_image=str(tiny_volume),
+def test_config_override_of_wrong_type_is_named(tiny_nifti, tmp_path, override, words):
+    wf = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train", input_image=str(tiny_nifti),
                         output_dir=str(tmp_path), **{**TINY, **override})
-    with pytest.raises(Exception) as info:
-        wf.initialize()
-        wf.run()
-    chain, exc = [], info.value
-    while exc is not None:
-        chain.append(str(exc))
-        exc = exc.__cause__
+    chain = _messages_of_failed_run(wf)
     assert any(words in m for m in chain), chain
     assert not (tmp_path / "checkpoints" / "model.pt").exists()

@@ -16,44 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TINY_SHAPE, TINY_SPACING, tiny_affine
 from cunerf_monai.cli import main
-from cunerf_monai.geometry import rodrigues
 
-SHAPE = (12, 14, 10)
-SPACING = (1.5, 1.2, 3.0)
-TINY_OVERLAY = {
-    "epoch_length": 2,
-    "batch_size": 64,
-    "num_coarse": 8,
-    "num_fine": 0,
-    "num_coarse_eval": 4,
-    "num_fine_eval": 4,
-    "chunk_size": 2048,
-    "progress": False,
-}
-
-
-def _affine() -> np.ndarray:
-    aff = np.eye(4)
-    aff[:3, :3] = rodrigues((1.0, 2.0, 0.5), 20.0) @ np.diag(SPACING)
-    aff[:3, 3] = (-20.0, 10.0, 5.0)
-    return aff
-
-
-@pytest.fixture(scope="module")
-def tiny_nifti(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cli_data") / "tiny.nii.gz"
-    i, j, k = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
-    vol = 100 + 80 * np.sin(i / 3.0) * np.cos(j / 4.0) + 10 * k
-    nib.save(nib.Nifti1Image(vol.astype(np.int16), _affine()), str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_overlay(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cli_cfg") / "tiny_fit.json"
-    path.write_text(json.dumps(TINY_OVERLAY))
-    return path
+SHAPE, SPACING = TINY_SHAPE, TINY_SPACING
 
 
 def _help(argv: list[str], capsys) -> str:
@@ -67,12 +33,15 @@ def _help(argv: list[str], capsys) -> str:
 
 HELP_WORDS = {
     "fit": ["--input", "--out", "--config", "--iterations", "--batch_size", "--channel", "--seed", "NIfTI", "DICOM",
-            "NRRD"],
-    "render": ["MODEL_DIR", "--out", "--scale", "--spacing", "--reference", "--normalized", "mm"],
+            "NRRD", "--forward_model", "--slice_thickness"],
+    "render": ["MODEL_DIR", "--out", "--scale", "--spacing", "--reference", "--normalized", "--dtype", "float32",
+               "mm"],
     "slices": ["MODEL_DIR", "--out", "--axis", "--angles", "--asteps", "--zpos", "--zoom", "--plane", "--size",
-               "degrees", "mm"],
+               "--pixel_size", "degrees", "mm"],
     "evaluate": ["--hr", "--out", "--scale", "--slice_axis", "--degradation", "--config", "--iterations",
-                 "--channel", "nearest", "box", "gaussian"],
+                 "--channel", "nearest", "box", "gaussian", "--forward_model", "--slice_thickness"],
+    "batch": ["--inputs", "--out", "--scale", "--iterations", "--batch_size", "--config", "--seed", "--forward_model",
+              "--slice_thickness", "--timeout_hours", "--fail_on_error", "--summarize_only", "torchrun"],
 }
 
 
@@ -114,7 +83,7 @@ def test_console_script_help():
 def test_top_level_help_lists_the_commands(capsys):
     text = _help(["--help"], capsys)
     assert "COMMAND" in text
-    for command in ("fit", "render", "slices", "evaluate"):
+    for command in ("fit", "render", "slices", "evaluate", "batch"):
         assert f"\n     {command}\n" in text, text
 
 
@@ -126,6 +95,7 @@ def test_fit_render_slices_chain(tiny_nifti, tiny_overlay, tmp_path, capsys):
     assert info["input"] == str(tiny_nifti)
     assert info["overlays"] == [str(tiny_overlay.resolve())]
     assert info["overrides"]["num_iterations"] == 2
+    assert isinstance(info["forward_model"], dict)  # the forward model the fit used
     ckpt = torch.load(model / "model.pt", map_location="cpu", weights_only=False)
     assert ckpt["trainer"]["iteration"] == 2
     assert ckpt["volume"]["geometry"]["shape"] == list(SHAPE)
@@ -139,7 +109,7 @@ def test_fit_render_slices_chain(tiny_nifti, tiny_overlay, tmp_path, capsys):
     np.testing.assert_allclose(np.linalg.norm(sr.affine[:3, :3], axis=0), np.asarray(SPACING) / 2, atol=1e-5)
     # input voxel i sits at output voxel 2i: same world position
     idx = np.array([[0, 0, 0], [11, 13, 9], [3, 7, 2]], dtype=np.float64)
-    lr = _affine()
+    lr = tiny_affine()
     np.testing.assert_allclose(
         (2 * idx) @ sr.affine[:3, :3].T + sr.affine[:3, 3], idx @ lr[:3, :3].T + lr[:3, 3], atol=1e-4
     )
@@ -147,6 +117,18 @@ def test_fit_render_slices_chain(tiny_nifti, tiny_overlay, tmp_path, capsys):
     vol = np.asarray(nib.load(str(tiny_nifti)).dataobj)
     assert np.isfinite(data).all() and vol.min() - 1e-3 <= data.min() and data.max() <= vol.max() + 1e-3
     assert sorted(p.name for p in sr_path.parent.iterdir()) == ["sr_x2.nii.gz"]  # no temporary files left
+    # an int16 input renders to int16 by default (rounded), to float32 on request or when normalised
+    assert sr.get_data_dtype() == np.int16 and data.dtype == np.int16
+    main(["render", str(model), "--out", str(tmp_path / "f32.nii.gz"), "--dtype", "float32"])
+    as_float = nib.load(str(tmp_path / "f32.nii.gz"))
+    assert as_float.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(data, np.rint(np.asarray(as_float.dataobj)))
+    main(["render", str(model), "--out", str(tmp_path / "unit.nii.gz"), "--normalized"])
+    unit = nib.load(str(tmp_path / "unit.nii.gz"))
+    assert unit.get_data_dtype() == np.float32 and float(np.asarray(unit.dataobj).max()) <= 1.0
+    with pytest.raises(SystemExit) as bad:
+        main(["render", str(model), "--out", str(tmp_path / "x.nii.gz"), "--dtype", "int3"])
+    assert bad.value.code == 2 and "dtype" in capsys.readouterr().err
 
     out = tmp_path / "slices"
     main(["slices", str(model), "--out", str(out), "--asteps", "180"])
@@ -160,19 +142,53 @@ def test_fit_render_slices_chain(tiny_nifti, tiny_overlay, tmp_path, capsys):
     with Image.open(out / "sweep.gif") as gif:
         assert gif.n_frames == 2 and gif.size == (h, w)
 
+    # the bundle's inference step draws the slices of a x2 render at the render's finest spacing (0.6 mm)
+    from cunerf_monai.cli import _inference_workflow
 
-def test_fit_iterations_is_the_number_of_training_iterations(tiny_nifti, tmp_path, monkeypatch):
-    """What ``cunerf fit --iterations N`` configures, checked without training (the fit itself is stubbed)."""
+    wf = _inference_workflow(str(model), output_dir=str(tmp_path / "bundle"), **{"slices#asteps": 180.0})
+    summary = wf.parser.get_parsed_content("evaluator").run()
+    assert summary["shape"] == [24, 28, 20] and summary["dtype"] == "int16"
+    with Image.open(summary["slices"][0]) as png:
+        assert png.size == (int(np.ceil(12 * 1.5 / 0.6 - 1e-6)), int(np.ceil(14 * 1.2 / 0.6 - 1e-6))) == (30, 28)
+
+
+def _stub_fit(monkeypatch) -> dict:
+    """Replace the fit by one that records its overrides and stops (``cunerf`` then exits with status 2)."""
     import cunerf_monai.fitting as fitting
-    from monai.bundle import ConfigParser
 
-    seen = {}
+    seen: dict = {}
 
     def fake_fit(image_path, output_dir, overrides=None, config_files=None):
         seen.update(files=list(config_files), overrides=dict(overrides or {}))
         raise RuntimeError("stop after configuration")
 
     monkeypatch.setattr(fitting, "fit", fake_fit)
+    return seen
+
+
+@pytest.mark.parametrize("command", ["fit", "evaluate", "batch"])
+def test_forward_model_and_slice_thickness_are_config_overrides(command, tiny_nifti, tmp_path, monkeypatch):
+    seen = _stub_fit(monkeypatch)
+    source = {"fit": "--input", "evaluate": "--hr", "batch": "--inputs"}[command]
+    argv = [command, source, str(tiny_nifti), "--out", str(tmp_path / "o"), "--iterations", "2"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--forward_model", "box", "--slice_thickness", "1,1,4"])
+    assert seen["overrides"]["forward_model"] == "box"
+    assert seen["overrides"]["slice_thickness"] == [1.0, 1.0, 4.0]
+    seen.clear()
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "forward_model" not in seen["overrides"] and "slice_thickness" not in seen["overrides"]
+    with pytest.raises(SystemExit) as bad:
+        main([*argv, "--forward_model", "cubic"])
+    assert bad.value.code == 2
+
+
+def test_fit_iterations_is_the_number_of_training_iterations(tiny_nifti, tmp_path, monkeypatch):
+    """What ``cunerf fit --iterations N`` configures, checked without training (the fit itself is stubbed)."""
+    from monai.bundle import ConfigParser
+
+    seen = _stub_fit(monkeypatch)
     with pytest.raises(SystemExit):
         main(["fit", "--input", str(tiny_nifti), "--out", str(tmp_path / "m"), "--iterations", "2"])
     parser = ConfigParser()

@@ -3,25 +3,17 @@ and :class:`CubePrepareBatch` hands them to the inferer in the engine's layout."
 
 from __future__ import annotations
 
-import unittest
 
 import numpy as np
+import pytest
 import torch
 from monai.data import MetaTensor
-from parameterized import parameterized
 from scipy.spatial.transform import Rotation
 from torch.utils.data import DataLoader
 
+from conftest import make_affine, parametrize_named
 from cunerf_monai.data import CubePrepareBatch, RandomCubeDataset, SlabDataset, geometry_of
 from cunerf_monai.geometry import VolumeGeometry
-
-
-def make_affine(spacing, rotation=None, origin=(0.0, 0.0, 0.0)) -> np.ndarray:
-    rot = np.eye(3) if rotation is None else np.asarray(rotation, dtype=np.float64)
-    affine = np.eye(4)
-    affine[:3, :3] = rot @ np.diag(np.asarray(spacing, dtype=np.float64))
-    affine[:3, 3] = origin
-    return affine
 
 
 # (name, shape, affine, padding, cube_size)
@@ -43,20 +35,20 @@ def volume(shape, affine, seed=0) -> MetaTensor:
     return MetaTensor(data, affine=torch.as_tensor(affine))
 
 
-class TestRandomCubeDataset(unittest.TestCase):
-    @parameterized.expand(DATA_CASES)
-    def test_targets_are_values_at_centres(self, _, shape, affine, padding, cube_size):
+class TestRandomCubeDataset:
+    @parametrize_named("shape, affine, padding, cube_size", DATA_CASES)
+    def test_targets_are_values_at_centres(self, shape, affine, padding, cube_size):
         img = volume(shape, affine)
         ds = RandomCubeDataset(img, batch_size=512, cube_size=cube_size, padding=padding, seed=1)
         batch = next(iter(ds))
-        self.assertEqual(tuple(batch["centre"].shape), (512, 3))
-        self.assertEqual(tuple(batch["target"].shape), (512,))
+        assert tuple(batch["centre"].shape) == (512, 3)
+        assert tuple(batch["target"].shape) == (512,)
         geo = VolumeGeometry(shape, affine, padding)
         index = geo.field_to_index(batch["centre"].double().numpy())
         rounded = np.round(index)
         # centres are LR voxel centres (integer indices) inside the volume
         np.testing.assert_allclose(index, rounded, atol=1e-4)
-        self.assertTrue(np.all(rounded >= 0) and np.all(rounded <= np.asarray(shape) - 1))
+        assert np.all(rounded >= 0) and np.all(rounded <= np.asarray(shape) - 1)
         ijk = rounded.astype(int)
         expected = img.as_tensor()[0][ijk[:, 0], ijk[:, 1], ijk[:, 2]]
         torch.testing.assert_close(batch["target"], expected, rtol=0, atol=0)
@@ -72,12 +64,12 @@ class TestRandomCubeDataset(unittest.TestCase):
         img = volume((3, 3, 2), np.eye(4))
         ds = RandomCubeDataset(img, batch_size=2000, seed=0)
         batch = next(iter(ds))
-        self.assertEqual(batch["target"].unique().numel(), 18)
+        assert batch["target"].unique().numel() == 18
         # each voxel about equally often (1/18 each)
         index = np.round(ds.geometry.field_to_index(batch["centre"].double().numpy())).astype(int)
         flat = np.ravel_multi_index(index.T, (3, 3, 2))
         freq = np.bincount(flat, minlength=18) / 2000
-        self.assertLess(np.abs(freq - 1 / 18).max(), 5 * np.sqrt((1 / 18) * (17 / 18) / 2000))
+        assert np.abs(freq - 1 / 18).max() < 5 * np.sqrt((1 / 18) * (17 / 18) / 2000)
 
     def test_same_seed_same_batches(self):
         img = volume((5, 6, 7), np.eye(4))
@@ -88,10 +80,10 @@ class TestRandomCubeDataset(unittest.TestCase):
             ba, bb, bc = next(a), next(b), next(c)
             torch.testing.assert_close(ba["centre"], bb["centre"], rtol=0, atol=0)
             torch.testing.assert_close(ba["target"], bb["target"], rtol=0, atol=0)
-            self.assertFalse(torch.equal(ba["centre"], bc["centre"]))
+            assert not torch.equal(ba["centre"], bc["centre"])
         # consecutive batches of one stream differ
         x, y = next(a), next(a)
-        self.assertFalse(torch.equal(x["centre"], y["centre"]))
+        assert not torch.equal(x["centre"], y["centre"])
 
     def test_state_dict_resumes(self):
         img = volume((5, 6, 7), np.eye(4))
@@ -110,72 +102,71 @@ class TestRandomCubeDataset(unittest.TestCase):
         img = volume((4, 4, 4), np.eye(4))
         loader = DataLoader(RandomCubeDataset(img, batch_size=16, seed=0), batch_size=None)
         batch = next(iter(loader))
-        self.assertEqual(tuple(batch["centre"].shape), (16, 3))
+        assert tuple(batch["centre"].shape) == (16, 3)
         direct = next(iter(RandomCubeDataset(img, batch_size=16, seed=0)))
         torch.testing.assert_close(batch["centre"], direct["centre"])
 
-    @parameterized.expand(
+    @parametrize_named(
+        "kwargs, shape",
         [
             ("batch", dict(batch_size=0), (1, 4, 4, 4)),
             ("cube", dict(cube_size=0.0), (1, 4, 4, 4)),
             ("channels", dict(), (2, 4, 4, 4)),
             ("slice", dict(), (1, 4, 4, 1)),
-        ]
+        ],
     )
-    def test_bad_arguments(self, _, kwargs, shape):
-        with self.assertRaises(ValueError):
+    def test_bad_arguments(self, kwargs, shape):
+        with pytest.raises(ValueError):
             RandomCubeDataset(torch.rand(*shape), **kwargs)
 
     def test_geometry_of(self):
         affine = make_affine((0.5, 1.0, 3.0), origin=(1, 2, 3))
         geo = geometry_of(MetaTensor(torch.rand(1, 4, 5, 6), affine=torch.as_tensor(affine)), padding=2.0)
-        self.assertEqual(geo.shape, (4, 5, 6))
+        assert geo.shape == (4, 5, 6)
         np.testing.assert_allclose(geo.affine, affine)
-        self.assertEqual(geo.padding, (2.0, 2.0, 2.0))
+        assert geo.padding == (2.0, 2.0, 2.0)
         np.testing.assert_allclose(geometry_of(torch.rand(1, 4, 5, 6)).affine, np.eye(4))
 
 
-class TestSlabDataset(unittest.TestCase):
-    @parameterized.expand(
-        [(f"{name}_{axis}", shape, affine, pad, axis) for name, shape, affine, pad, _ in DATA_CASES for axis in (0, 2)]
+class TestSlabDataset:
+    @parametrize_named(
+        "shape, affine, padding, axis",
+        [(f"{name}_{axis}", shape, affine, pad, axis) for name, shape, affine, pad, _ in DATA_CASES for axis in (0, 2)],
     )
-    def test_central_slab(self, _, shape, affine, padding, axis):
+    def test_central_slab(self, shape, affine, padding, axis):
         img = volume(shape, affine, seed=5)
         ds = SlabDataset(img, num_slices=2, axis=axis, padding=padding)
-        self.assertEqual(len(ds), 1)
+        assert len(ds) == 1
         item = ds[0]
         n = int(np.prod(shape)) // shape[axis] * 2
-        self.assertEqual(tuple(item["centre"].shape), (n, 3))
+        assert tuple(item["centre"].shape) == (n, 3)
         geo = VolumeGeometry(shape, affine, padding)
         index = geo.field_to_index(item["centre"].double().numpy())
         np.testing.assert_allclose(index, np.round(index), atol=1e-4)
         ijk = np.round(index).astype(int)
         start = (shape[axis] - 2) // 2
-        self.assertEqual(set(ijk[:, axis].tolist()), {start, start + 1})  # the two central slices
+        assert set(ijk[:, axis].tolist()) == {start, start + 1}  # the two central slices
         torch.testing.assert_close(item["target"], img.as_tensor()[0][ijk[:, 0], ijk[:, 1], ijk[:, 2]], rtol=0, atol=0)
         np.testing.assert_allclose(item["half_extent"].numpy(), geo.field_per_voxel / 2, rtol=1e-6)
-        with self.assertRaises(IndexError):
+        with pytest.raises(IndexError):
             ds[1]
 
 
-class TestCubePrepareBatch(unittest.TestCase):
+class TestCubePrepareBatch:
     def test_structure(self):
         img = volume((5, 6, 7), np.eye(4))
         batch = next(iter(RandomCubeDataset(img, batch_size=8, seed=0)))
         out = CubePrepareBatch()(batch, device="cpu")
-        self.assertEqual(len(out), 4)
+        assert len(out) == 4
         centre, target, args, kwargs = out
         torch.testing.assert_close(centre, batch["centre"], rtol=0, atol=0)
         torch.testing.assert_close(target, batch["target"], rtol=0, atol=0)
-        self.assertEqual(args, ())
-        self.assertEqual(set(kwargs), {"half_extent", "generator"})
-        self.assertIsInstance(kwargs["generator"], torch.Generator)
+        assert args == ()
+        assert set(kwargs) == {"half_extent", "generator"}
+        assert isinstance(kwargs["generator"], torch.Generator)
         torch.testing.assert_close(kwargs["half_extent"], batch["half_extent"], rtol=0, atol=0)
         # half a voxel of a 5-voxel axis with P = 1: 0.5 · 2 / 7
-        self.assertAlmostEqual(float(kwargs["half_extent"][0]), 1.0 / 7.0, places=6)
+        assert float(kwargs["half_extent"][0]) == pytest.approx(1.0 / 7.0, abs=0.5e-6)
         out_none = CubePrepareBatch()(batch)
         torch.testing.assert_close(out_none[0], batch["centre"])
 
-
-if __name__ == "__main__":
-    unittest.main()

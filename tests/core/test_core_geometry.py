@@ -3,13 +3,12 @@ rotations and oblique planes, on anisotropic and oblique (rotated, shear-free) a
 
 from __future__ import annotations
 
-import unittest
 
 import numpy as np
 import pytest
-from parameterized import parameterized
 from scipy.spatial.transform import Rotation
 
+from conftest import make_affine, parametrize_named
 from cunerf_monai.geometry import (
     VolumeGeometry,
     grid_for_scale,
@@ -20,15 +19,6 @@ from cunerf_monai.geometry import (
     rodrigues,
     voxel_footprint_in_index,
 )
-
-
-def make_affine(spacing, rotation=None, origin=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """Shear-free affine: ``rotation (3, 3) @ diag(spacing)`` plus ``origin``."""
-    rot = np.eye(3) if rotation is None else np.asarray(rotation, dtype=np.float64)
-    affine = np.eye(4)
-    affine[:3, :3] = rot @ np.diag(np.asarray(spacing, dtype=np.float64))
-    affine[:3, 3] = origin
-    return affine
 
 
 OBLIQUE_ROT = Rotation.from_euler("zyx", [30.0, -20.0, 10.0], degrees=True).as_matrix()
@@ -58,7 +48,7 @@ def geometry_scale_cases():
     return [(f"{g}_{s}", geo, scale) for g, geo in geometry_cases() for s, scale in SCALES]
 
 
-class TestFieldMaps(unittest.TestCase):
+class TestFieldMaps:
     def test_docstring_numbers(self):
         geo = VolumeGeometry((4, 4, 2), np.diag([2.0, 2.0, 5.0, 1.0]), padding=1.0)
         # x̂ = 2 (x − (S − 1)/2) / (S + 2P): x: 2 (0 − 1.5)/6 = −0.5, z: 2 (0 − 0.5)/4 = −0.25
@@ -69,16 +59,16 @@ class TestFieldMaps(unittest.TestCase):
         np.testing.assert_allclose(geo.centre_world, [3.0, 3.0, 2.5])
         np.testing.assert_allclose(geo.spacing, [2.0, 2.0, 5.0])
 
-    @parameterized.expand(geometry_cases())
-    def test_index_to_field_formula(self, _, geo):
+    @parametrize_named("geo", geometry_cases())
+    def test_index_to_field_formula(self, geo):
         idx = np.random.default_rng(0).uniform(-1, 8, size=(50, 3))
         shape = np.asarray(geo.shape, dtype=float)
         pad = np.asarray(geo.padding)
         expected = 2.0 * (idx - (shape - 1.0) / 2.0) / (shape + 2.0 * pad)
         np.testing.assert_allclose(geo.index_to_field(idx), expected, rtol=0, atol=1e-12)
 
-    @parameterized.expand(geometry_cases())
-    def test_round_trips(self, _, geo):
+    @parametrize_named("geo", geometry_cases())
+    def test_round_trips(self, geo):
         rng = np.random.default_rng(1)
         idx = rng.uniform(-0.5, 7.5, size=(4, 5, 3))
         world = geo.index_to_world(idx)
@@ -92,8 +82,8 @@ class TestFieldMaps(unittest.TestCase):
         f = rng.uniform(-1, 1, size=(30, 3))
         np.testing.assert_allclose(geo.world_to_field(geo.field_to_world(f)), f, atol=1e-12)
 
-    @parameterized.expand(geometry_cases())
-    def test_affine_to_field_agrees_with_composition(self, _, geo):
+    @parametrize_named("geo", geometry_cases())
+    def test_affine_to_field_agrees_with_composition(self, geo):
         rng = np.random.default_rng(2)
         rot = Rotation.from_rotvec(rng.normal(size=3)).as_matrix()
         other = make_affine((0.4, 0.6, 1.1), rot, origin=rng.normal(size=3) * 5)
@@ -104,21 +94,21 @@ class TestFieldMaps(unittest.TestCase):
             via_world = geo.world_to_field(idx @ grid_affine[:3, :3].T + grid_affine[:3, 3])
             np.testing.assert_allclose(idx @ m[:3, :3].T + m[:3, 3], via_world, atol=1e-10)
 
-    @parameterized.expand(geometry_cases())
-    def test_voxel_field_grid(self, _, geo):
+    @parametrize_named("geo", geometry_cases())
+    def test_voxel_field_grid(self, geo):
         grid = geo.voxel_field_grid()
-        self.assertEqual(grid.shape, (*geo.shape, 3))
+        assert grid.shape == (*geo.shape, 3)
         np.testing.assert_allclose(grid[2, 1, 3], geo.index_to_field(np.array([2.0, 1.0, 3.0])))
         # centred: the voxel grid is symmetric about 0 on every axis
         np.testing.assert_allclose(grid.reshape(-1, 3).mean(0), 0.0, atol=1e-12)
 
-    @parameterized.expand(geometry_cases())
-    def test_footprint_inside_open_box(self, _, geo):
+    @parametrize_named("geo", geometry_cases())
+    def test_footprint_inside_open_box(self, geo):
         shape = np.asarray(geo.shape, dtype=float)
         pad = np.asarray(geo.padding)
         corners = np.stack(np.meshgrid(*[[-0.5, n - 0.5] for n in shape], indexing="ij"), -1).reshape(-1, 3)
         field = geo.index_to_field(corners)
-        self.assertTrue(np.all(np.abs(field) < 1.0))
+        assert np.all(np.abs(field) < 1.0)
         # the footprint's face sits exactly S / (S + 2P) from the centre
         np.testing.assert_allclose(np.abs(field).max(0), shape / (shape + 2 * pad), atol=1e-12)
         # the world positions of those corners map to the same field points
@@ -129,20 +119,20 @@ class TestFieldMaps(unittest.TestCase):
         field = geo.index_to_field(np.array([[-0.5, -0.5, -0.5], [3.5, 5.5, 2.5]]))
         np.testing.assert_allclose(field, [[-1, -1, -1], [1, 1, 1]], atol=1e-12)
 
-    @parameterized.expand(geometry_cases())
-    def test_dict_round_trip(self, _, geo):
+    @parametrize_named("geo", geometry_cases())
+    def test_dict_round_trip(self, geo):
         back = VolumeGeometry.from_dict(geo.to_dict())
-        self.assertEqual(back.shape, geo.shape)
-        self.assertEqual(back.padding, geo.padding)
+        assert back.shape == geo.shape
+        assert back.padding == geo.padding
         np.testing.assert_array_equal(back.affine, geo.affine)
 
 
-class TestTargetGrids(unittest.TestCase):
-    @parameterized.expand(geometry_scale_cases())
-    def test_grid_for_scale_keeps_lr_voxels(self, _, geo, scale):
+class TestTargetGrids:
+    @parametrize_named("geo, scale", geometry_scale_cases())
+    def test_grid_for_scale_keeps_lr_voxels(self, geo, scale):
         grid = grid_for_scale(geo, scale)
         s = np.broadcast_to(np.asarray(scale, dtype=float), (3,))
-        self.assertEqual(grid.shape, tuple(max(1, int(round(n * f))) for n, f in zip(geo.shape, s)))
+        assert grid.shape == (tuple(max(1, int(round(n * f))) for n, f in zip(geo.shape, s)))
         lr_idx = grid_index_points(geo.shape).reshape(-1, 3)
         out_idx = lr_idx * s
         world_out = out_idx @ grid.affine[:3, :3].T + grid.affine[:3, 3]
@@ -152,28 +142,29 @@ class TestTargetGrids(unittest.TestCase):
         np.testing.assert_allclose(
             grid.affine[:3, :3] / grid.spacing, geo.affine[:3, :3] / geo.spacing, atol=1e-12
         )
-        self.assertEqual(grid.num_voxels, int(np.prod(grid.shape)))
+        assert grid.num_voxels == int(np.prod(grid.shape))
 
     def test_grid_for_scale_numbers(self):
         geo = VolumeGeometry((4, 5, 6), make_affine((2.0, 2.0, 4.0), origin=(10.0, 0.0, -3.0)))
         grid = grid_for_scale(geo, 2)
-        self.assertEqual(grid.shape, (8, 10, 12))
+        assert grid.shape == (8, 10, 12)
         np.testing.assert_allclose(grid.affine, make_affine((1.0, 1.0, 2.0), origin=(10.0, 0.0, -3.0)))
         # output voxel 6 along x lies at LR index 3 → 10 + 3 · 2 mm
         np.testing.assert_allclose(grid.affine @ [6, 0, 0, 1], [16.0, 0.0, -3.0, 1.0])
-        self.assertEqual(grid_for_scale(geo, (2.5, 1.5, 0.1)).shape, (10, 8, 1))
+        assert grid_for_scale(geo, (2.5, 1.5, 0.1)).shape == (10, 8, 1)
 
-    @parameterized.expand(geometry_cases())
-    def test_grid_for_shape(self, _, geo):
+    @parametrize_named("geo", geometry_cases())
+    def test_grid_for_shape(self, geo):
         shape = tuple(2 * n for n in geo.shape)
         a, b = grid_for_shape(geo, shape), grid_for_scale(geo, 2)
-        self.assertEqual(a.shape, b.shape)
+        assert a.shape == b.shape
         np.testing.assert_allclose(a.affine, b.affine, atol=1e-12)
 
-    @parameterized.expand(
-        [(f"{g}_{i}", geo, sp) for g, geo in geometry_cases() for i, sp in enumerate([0.5, (0.3, 0.45, 1.25), 2.0])]
+    @parametrize_named(
+        "geo, spacing",
+        [(f"{g}_{i}", geo, sp) for g, geo in geometry_cases() for i, sp in enumerate([0.5, (0.3, 0.45, 1.25), 2.0])],
     )
-    def test_grid_for_spacing(self, _, geo, spacing):
+    def test_grid_for_spacing(self, geo, spacing):
         grid = grid_for_spacing(geo, spacing)
         np.testing.assert_allclose(grid.spacing, np.broadcast_to(spacing, (3,)), rtol=1e-12)
         np.testing.assert_allclose(grid.affine[:3, 3], geo.affine[:3, 3])  # voxel 0 stays put
@@ -181,8 +172,8 @@ class TestTargetGrids(unittest.TestCase):
             grid.affine[:3, :3] / grid.spacing, geo.affine[:3, :3] / geo.spacing, atol=1e-12
         )
 
-    @parameterized.expand(geometry_scale_cases())
-    def test_footprint_axis_aligned(self, _, geo, scale):
+    @parametrize_named("geo, scale", geometry_scale_cases())
+    def test_footprint_axis_aligned(self, geo, scale):
         grid = grid_for_scale(geo, scale)
         # a grid parallel to the LR grid: half of the spacing ratio
         np.testing.assert_allclose(
@@ -196,7 +187,8 @@ class TestTargetGrids(unittest.TestCase):
         np.testing.assert_allclose(voxel_footprint_in_index(geo, rot), [np.sqrt(0.5), np.sqrt(0.5), 0.5])
         np.testing.assert_allclose(voxel_footprint_in_index(geo, geo.affine), [0.5, 0.5, 0.5])
 
-    @parameterized.expand(
+    @parametrize_named(
+        "call",
         [
             ("zero_scale", lambda g: grid_for_scale(g, 0)),
             ("zero_scale_axis", lambda g: grid_for_scale(g, (2, 0, 2))),
@@ -217,24 +209,25 @@ class TestTargetGrids(unittest.TestCase):
             ("geometry_singular", lambda g: VolumeGeometry((4, 4, 4), np.diag([1.0, 0.0, 1.0, 1.0]))),
             ("geometry_affine_shape", lambda g: VolumeGeometry((4, 4, 4), np.eye(3))),
             ("geometry_negative_padding", lambda g: VolumeGeometry((4, 4, 4), np.eye(4), padding=-1.0)),
-        ]
+        ],
     )
-    def test_bad_arguments(self, _, call):
+    def test_bad_arguments(self, call):
         geo = VolumeGeometry((4, 4, 4), np.eye(4))
-        with self.assertRaises(ValueError):
+        with pytest.raises(ValueError):
             call(geo)
 
-    @parameterized.expand(
+    @parametrize_named(
+        "call",
         [
             ("padding_nan", lambda g: VolumeGeometry((4, 4, 4), np.eye(4), padding=float("nan"))),
             ("padding_inf", lambda g: VolumeGeometry((4, 4, 4), np.eye(4), padding=(1.0, float("inf"), 1.0))),
             ("plane_angle_nan", lambda g: oblique_plane(g, angle=float("nan"))),
             ("plane_position_inf", lambda g: oblique_plane(g, position=float("inf"))),
-        ]
+        ],
     )
-    def test_non_finite_arguments(self, _, call):
+    def test_non_finite_arguments(self, call):
         geo = VolumeGeometry((4, 4, 4), np.eye(4))
-        with self.assertRaises(ValueError):
+        with pytest.raises(ValueError):
             call(geo)
 
 
@@ -249,23 +242,23 @@ ROTATION_CASES = [
 ]
 
 
-class TestRodrigues(unittest.TestCase):
-    @parameterized.expand(ROTATION_CASES)
-    def test_known_rotations(self, _, axis, angle, expected):
+class TestRodrigues:
+    @parametrize_named("axis, angle, expected", ROTATION_CASES)
+    def test_known_rotations(self, axis, angle, expected):
         np.testing.assert_allclose(rodrigues(axis, angle), expected, atol=1e-12)
 
     def test_z90_maps_x_to_y(self):
         np.testing.assert_allclose(rodrigues((0, 0, 1), 90.0) @ [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], atol=1e-12)
 
-    @parameterized.expand([(str(i), seed) for i, seed in enumerate(range(6))])
-    def test_properties(self, _, seed):
+    @parametrize_named("seed", [(str(i), seed) for i, seed in enumerate(range(6))])
+    def test_properties(self, seed):
         rng = np.random.default_rng(seed)
         axis = rng.normal(size=3)
         a1, a2 = rng.uniform(-360, 360, size=2)
         r1, r2 = rodrigues(axis, a1), rodrigues(axis, a2)
         np.testing.assert_allclose(r1 @ r2, rodrigues(axis, a1 + a2), atol=1e-12)  # same-axis composition
         np.testing.assert_allclose(r1.T @ r1, np.eye(3), atol=1e-12)
-        self.assertAlmostEqual(np.linalg.det(r1), 1.0, places=12)
+        assert np.linalg.det(r1) == pytest.approx(1.0, abs=0.5e-12)
         np.testing.assert_allclose(rodrigues(axis, -a1), r1.T, atol=1e-12)
         np.testing.assert_allclose(r1 @ axis, axis, atol=1e-12)  # the axis is fixed
         expected = Rotation.from_rotvec(np.deg2rad(a1) * axis / np.linalg.norm(axis)).as_matrix()
@@ -279,12 +272,12 @@ PLANE_GEOMETRIES = [
 ]
 
 
-class TestObliquePlane(unittest.TestCase):
-    @parameterized.expand(PLANE_GEOMETRIES)
-    def test_axial_at_centre(self, _, shape, affine):
+class TestObliquePlane:
+    @parametrize_named("shape, affine", PLANE_GEOMETRIES)
+    def test_axial_at_centre(self, shape, affine):
         geo = VolumeGeometry(shape, affine)
         plane = oblique_plane(geo, size=shape[:2])
-        self.assertEqual(plane.shape, shape[:2])
+        assert plane.shape == shape[:2]
         k = (shape[2] - 1) / 2.0  # an integer: odd slice count → the middle slice
         ij = grid_index_points((shape[0], shape[1], 1))[..., 0, :]
         ij[..., 2] = k
@@ -294,31 +287,31 @@ class TestObliquePlane(unittest.TestCase):
         np.testing.assert_allclose(plane.affine[:3, :3], affine[:3, :3] @ np.diag([1.0, 1.0, pixel / geo.spacing[2]]))
         np.testing.assert_allclose(plane.affine @ [2, 3, 0, 1], np.append(geo.index_to_world([2.0, 3.0, k]), 1.0))
 
-    @parameterized.expand([(f"{sp}_{n}", sp, n) for sp, n in [(1.0, 6), (0.5, 7), (2.0, 5), (1.25, 8)]])
-    def test_default_size_covers_extent(self, _, spacing, n):
+    @parametrize_named("spacing, n", [(f"{sp}_{n}", sp, n) for sp, n in [(1.0, 6), (0.5, 7), (2.0, 5), (1.25, 8)]])
+    def test_default_size_covers_extent(self, spacing, n):
         geo = VolumeGeometry((n, n, 3), make_affine((spacing, spacing, 3.0 * spacing)))
-        self.assertEqual(oblique_plane(geo).shape, (n, n))
+        assert oblique_plane(geo).shape == (n, n)
 
-    @parameterized.expand([(f"{sp}_{n}", sp, n) for sp, n in [(0.8, 6), (0.1, 6), (0.3, 7)]])
-    def test_default_size_float_noise(self, _, spacing, n):
+    @parametrize_named("spacing, n", [(f"{sp}_{n}", sp, n) for sp, n in [(0.8, 6), (0.1, 6), (0.3, 7)]])
+    def test_default_size_float_noise(self, spacing, n):
         """Regression: the default size must not round float noise up (``ceil(S · d / d)``).
 
         6 · 0.8 / 0.8 = 6.000000000000001 → 7 pixels instead of 6, so the default axial plane is one pixel too
         large and its pixels sit half a voxel off the voxel centres.
         """
         geo = VolumeGeometry((n, n, 3), make_affine((spacing, spacing, 3.0 * spacing)))
-        self.assertEqual(oblique_plane(geo).shape, (n, n))
+        assert oblique_plane(geo).shape == (n, n)
 
-    @parameterized.expand(PLANE_GEOMETRIES)
-    def test_position_moves_along_normal(self, _, shape, affine):
+    @parametrize_named("shape, affine", PLANE_GEOMETRIES)
+    def test_position_moves_along_normal(self, shape, affine):
         geo = VolumeGeometry(shape, affine)
         dz = geo.spacing[2]
         plane = oblique_plane(geo, position=dz)
         idx = geo.world_to_index(plane.world)
         np.testing.assert_allclose(idx[..., 2], (shape[2] - 1) / 2.0 + 1.0, atol=1e-10)
 
-    @parameterized.expand(PLANE_GEOMETRIES)
-    def test_rotation_about_x_gives_coronal(self, _, shape, affine):
+    @parametrize_named("shape, affine", PLANE_GEOMETRIES)
+    def test_rotation_about_x_gives_coronal(self, shape, affine):
         geo = VolumeGeometry(shape, affine)
         size = (shape[0], 9)
         rotated = oblique_plane(geo, axis=(1, 0, 0), angle=90.0, size=size)
@@ -333,8 +326,8 @@ class TestObliquePlane(unittest.TestCase):
         # normal: the rotated axial normal −e_j, the coronal base normal +e_j (same plane, opposite side)
         np.testing.assert_allclose(rotated.affine[:3, 2], -coronal.affine[:3, 2], atol=1e-12)
 
-    @parameterized.expand(PLANE_GEOMETRIES)
-    def test_sagittal_and_zoom(self, _, shape, affine):
+    @parametrize_named("shape, affine", PLANE_GEOMETRIES)
+    def test_sagittal_and_zoom(self, shape, affine):
         geo = VolumeGeometry(shape, affine)
         sag = oblique_plane(geo, plane="sagittal")
         idx = geo.world_to_index(sag.world)
@@ -354,5 +347,18 @@ class TestObliquePlane(unittest.TestCase):
         np.testing.assert_allclose(plane.world[4, 4], geo.centre_world, atol=1e-12)
 
 
-if __name__ == "__main__":
-    unittest.main()
+
+@parametrize_named("shape, affine", PLANE_GEOMETRIES)
+def test_plane_pixel_size_sets_resolution_and_default_size(shape, affine):
+    """A plane at half the finest spacing (a x2 render's resolution) has twice the pixels over the same field of
+    view; a non-positive pixel size is refused."""
+    geo = VolumeGeometry(shape, affine)
+    base = oblique_plane(geo, plane="coronal")
+    fine = oblique_plane(geo, plane="coronal", pixel_size=geo.spacing.min() / 2.0)
+    np.testing.assert_allclose(np.linalg.norm(fine.affine[:3, :2], axis=0), geo.spacing.min() / 2.0)
+    extent = np.asarray(shape, dtype=np.float64) * geo.spacing
+    assert fine.world.shape[:2] == tuple(int(np.ceil(extent[a] / (geo.spacing.min() / 2) - 1e-6)) for a in (0, 2))
+    assert fine.world.shape[0] >= 2 * base.world.shape[0] - 1
+    np.testing.assert_allclose(fine.world.reshape(-1, 3).mean(0), geo.centre_world, atol=1e-9)
+    with pytest.raises(ValueError, match="pixel_size"):
+        oblique_plane(geo, pixel_size=0.0)

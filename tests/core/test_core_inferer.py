@@ -9,30 +9,20 @@ therefore return the analytic values at the world positions of their voxels mapp
 
 from __future__ import annotations
 
-import unittest
 
 import numpy as np
 import pytest
 import torch
-from parameterized import parameterized
 from scipy.spatial.transform import Rotation
 from torch import nn
 
+from conftest import make_affine, parametrize_named
 from cunerf_monai.geometry import VolumeGeometry, grid_for_scale, grid_index_points, oblique_plane
 from cunerf_monai.inferers import CuNeRFInferer, field_device
 from cunerf_monai.networks import CuNeRFModel, PositionalMLPField
 
 
-_THREADS = torch.get_num_threads()
-
-
-def setUpModule():  # noqa: N802
-    # tiny matrices: one thread avoids OpenMP hand-off costs (≈ 10 ms per op on a busy 2-core machine)
-    torch.set_num_threads(1)
-
-
-def tearDownModule():  # noqa: N802
-    torch.set_num_threads(_THREADS)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class QuadraticField(nn.Module):
@@ -64,14 +54,6 @@ class LinearField(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.value(x).clamp(1e-6, 1 - 1e-6)
         return torch.stack([torch.logit(v), torch.full_like(v, self.density)], dim=-1)
-
-
-def make_affine(spacing, rotation=None, origin=(0.0, 0.0, 0.0)) -> np.ndarray:
-    rot = np.eye(3) if rotation is None else np.asarray(rotation, dtype=np.float64)
-    affine = np.eye(4)
-    affine[:3, :3] = rot @ np.diag(np.asarray(spacing, dtype=np.float64))
-    affine[:3, 3] = origin
-    return affine
 
 
 OBLIQUE = make_affine((1.2, 0.8, 2.5), Rotation.from_euler("zyx", [30, -20, 10], degrees=True).as_matrix(), (3, -4, 12))
@@ -109,17 +91,18 @@ def small_mlp(seed: int = 0, gain: float = 1.0) -> CuNeRFModel:
     return CuNeRFModel(*fields)
 
 
-class TestCubeRender(unittest.TestCase):
-    @parameterized.expand(
+class TestCubeRender:
+    @parametrize_named(
+        "kwargs",
         [
             ("uniform_stratified", dict(weighting="uniform", cube_sampling="stratified")),
             ("uniform_uniform", dict(weighting="uniform", cube_sampling="uniform")),
             ("isotropic_l2", dict(weighting="isotropic", norm="l2")),
             ("isotropic_linf", dict(weighting="isotropic", norm="linf")),
             ("isotropic_unnormalised_density", dict(weighting="isotropic", density_activation="softplus")),
-        ]
+        ],
     )
-    def test_cube_value_is_centre_value(self, _, kwargs):
+    def test_cube_value_is_centre_value(self, kwargs):
         field = LinearField()
         gen = torch.Generator().manual_seed(0)
         centres = torch.rand(16, 3, generator=gen) - 0.5
@@ -146,7 +129,7 @@ class TestCubeRender(unittest.TestCase):
         torch.testing.assert_close(out["fine"], torch.full((3,), 0.7), atol=1e-5, rtol=0)
         torch.testing.assert_close(out["value"], out["fine"], rtol=0, atol=0)  # the final render is the fine one
         out0 = CuNeRFInferer(num_coarse=8, num_fine=0)(torch.zeros(3, 3), model, half_extent=torch.full((3,), 0.1))
-        self.assertNotIn("fine", out0)
+        assert "fine" not in out0
         torch.testing.assert_close(out0["coarse"], torch.full((3,), 0.2), atol=1e-5, rtol=0)
 
     def test_per_target_half_extent(self):
@@ -155,7 +138,7 @@ class TestCubeRender(unittest.TestCase):
         centres = torch.tensor([[0.1, -0.2, 0.3], [0.4, 0.0, -0.5]])
         half = torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.3, 0.3]])
         out = CuNeRFInferer(num_coarse=64, num_fine=0, cube_sampling="uniform")(centres, field, half_extent=half)
-        self.assertAlmostEqual(float(out["coarse"][0]), float(field.value(centres[0])), places=6)
+        assert float(out["coarse"][0]) == pytest.approx(float(field.value(centres[0])), abs=0.5e-6)
 
     def test_cube_size_matters_for_curved_field(self):
         # 2×2×2 grid offsets o ∈ {±½}³: E[o_k²] = ¼, so the render is 0.2 + 0.5 (‖x0‖² + ¼ Σ_k h_k²)
@@ -178,9 +161,9 @@ class TestCubeRender(unittest.TestCase):
             out = inferer.render_targets(centres, field, half, 2, 0, deterministic=deterministic)["coarse"]
             expected = 0.2 + 0.5 * ((centres**2).sum(-1) + 0.25 * half[:, 0] ** 2)
             torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
-        with self.assertRaises(ValueError):  # 2 samples without per-axis counts is not a grid
+        with pytest.raises(ValueError):  # 2 samples without per-axis counts is not a grid
             CuNeRFInferer(num_coarse=2, cube_sampling="grid")
-        with self.assertRaises(ValueError):
+        with pytest.raises(ValueError):
             CuNeRFInferer(num_coarse=2, cube_sampling="grid", grid_counts=(2, 0, 1))
 
     def test_volume_weighting_composites_outward(self):
@@ -207,12 +190,12 @@ class TestCubeRender(unittest.TestCase):
         half = torch.full((3,), 0.05)
         inferer = CuNeRFInferer(num_coarse=16, num_fine=16, chunk_size=4)
         out = inferer(centres, field, half_extent=half)
-        self.assertEqual(set(out), {"value"})
+        assert set(out) == {"value"}
         expected = inferer.render_targets(centres, field, half, 8, 8, deterministic=True)["fine"]
         torch.testing.assert_close(out["value"], expected, atol=1e-6, rtol=0)
         torch.testing.assert_close(out["value"], field.value(centres), atol=METHOD_TOL, rtol=0)
         torch.testing.assert_close(inferer(centres, field, half_extent=half)["value"], out["value"], rtol=0, atol=0)
-        self.assertFalse(field.training)
+        assert not field.training
 
     def test_eval_mode_per_target_half_extent(self):
         field = QuadraticField().eval()
@@ -228,8 +211,8 @@ class TestCubeRender(unittest.TestCase):
         out = inferer(torch.rand(8, 3) - 0.5, model, half_extent=torch.full((3,), 0.05))
         (out["coarse"].sum() + out["fine"].sum()).backward()
         for name, p in model.named_parameters():
-            self.assertIsNotNone(p.grad, name)
-            self.assertGreater(float(p.grad.abs().sum()), 0.0, name)
+            assert p.grad is not None, name
+            assert float(p.grad.abs().sum()) > 0.0, name
 
     def test_seeded_training_call_reproducible(self):
         model, centres = small_mlp(2), torch.rand(8, 3) - 0.5
@@ -239,8 +222,8 @@ class TestCubeRender(unittest.TestCase):
         b = inferer(centres, model, half_extent=half, generator=torch.Generator().manual_seed(4))
         torch.testing.assert_close(a["fine"], b["fine"], rtol=0, atol=0)
 
-    @parameterized.expand([("cube", "cube"), ("ray", "ray")])
-    def test_bounded_outputs(self, _, mode):
+    @parametrize_named("mode", [("cube", "cube"), ("ray", "ray")])
+    def test_bounded_outputs(self, mode):
         # sigmoid intensity and normalised weights: a convex combination of values in (0, 1), even for a
         # network with huge raw outputs (large densities and saturated intensities)
         for gain in (1.0, 200.0):
@@ -248,11 +231,11 @@ class TestCubeRender(unittest.TestCase):
             inferer = CuNeRFInferer(num_coarse=16, num_fine=16, num_coarse_eval=8, num_fine_eval=8, sampling=mode)
             out = inferer(torch.rand(64, 3) * 2 - 1, model, half_extent=torch.full((3,), 0.1))
             for v in out.values():
-                self.assertTrue(bool(torch.isfinite(v).all()))
-                self.assertTrue(bool((v >= 0).all() and (v <= 1).all()), (float(v.min()), float(v.max())))
+                assert bool(torch.isfinite(v).all())
+                assert bool((v >= 0).all() and (v <= 1).all()), (float(v.min()), float(v.max()))
             geo = GEOMETRIES[1][1]
             vol = inferer.render_grid(model, geo, grid_for_scale(geo, 1.5))
-            self.assertTrue(bool(torch.isfinite(vol).all() and (vol >= 0).all() and (vol <= 1).all()))
+            assert bool(torch.isfinite(vol).all() and (vol >= 0).all() and (vol <= 1).all())
 
     def test_ray_mode(self):
         field = LinearField()
@@ -262,20 +245,21 @@ class TestCubeRender(unittest.TestCase):
         # the ray passes through the centre with |t| ≤ 1, so its samples stay within 0.05·√3·‖b‖₁ of f(x0)
         bound = 0.05 * float(field.b.abs().sum())
         for v in out.values():
-            self.assertTrue(bool(((v - field.value(centres)).abs() <= bound + 1e-6).all()))
+            assert bool(((v - field.value(centres)).abs() <= bound + 1e-6).all())
         geo = GEOMETRIES[0][1]
         a = inferer.render_grid(field, geo, grid_for_scale(geo, 2))
         b = inferer.render_grid(field, geo, grid_for_scale(geo, 2))
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-        self.assertTrue(bool((a >= 0).all() and (a <= 1).all()))
+        assert bool((a >= 0).all() and (a <= 1).all())
 
     def test_missing_half_extent(self):
-        with self.assertRaisesRegex(ValueError, "half_extent"):
+        with pytest.raises(ValueError, match="half_extent"):
             CuNeRFInferer()(torch.zeros(2, 3), LinearField())
-        with self.assertRaises(ValueError):
+        with pytest.raises(ValueError):
             CuNeRFInferer().render_targets(torch.zeros(2, 2), LinearField(), torch.ones(3), 8, 0)
 
-    @parameterized.expand(
+    @parametrize_named(
+        "kwargs",
         [
             ("coarse", dict(num_coarse=0)),
             ("fine", dict(num_fine=-1)),
@@ -287,15 +271,15 @@ class TestCubeRender(unittest.TestCase):
             ("cube_size", dict(render_cube_size=0.0)),
             ("activation", dict(intensity_activation="tanh")),
             ("chunk", dict(chunk_size=0)),
-        ]
+        ],
     )
-    def test_bad_arguments(self, _, kwargs):
-        with self.assertRaises(ValueError):
+    def test_bad_arguments(self, kwargs):
+        with pytest.raises(ValueError):
             CuNeRFInferer(**kwargs)
 
     def test_field_device(self):
-        self.assertEqual(field_device(nn.Identity()), torch.device("cpu"))
-        self.assertEqual(field_device(LinearField()), torch.device("cpu"))
+        assert field_device(nn.Identity()) == torch.device("cpu")
+        assert field_device(LinearField()) == torch.device("cpu")
 
 
 def grid_cases():
@@ -307,19 +291,19 @@ def grid_cases():
     ]
 
 
-class TestRenderGrid(unittest.TestCase):
-    @parameterized.expand(grid_cases())
-    def test_analytic_values_at_output_voxels(self, _, geo, scale, settings, tol):
+class TestRenderGrid:
+    @parametrize_named("geo, scale, settings, tol", grid_cases())
+    def test_analytic_values_at_output_voxels(self, geo, scale, settings, tol):
         field = LinearField()
         grid = grid_for_scale(geo, scale)
         out = CuNeRFInferer(**settings).render_grid(field, geo, grid)
-        self.assertEqual(tuple(out.shape), grid.shape)
-        self.assertEqual(out.dtype, torch.float32)
+        assert tuple(out.shape) == grid.shape
+        assert out.dtype == torch.float32
         expected = field.value(geo.world_to_field(grid_world(grid)))
         np.testing.assert_allclose(out.numpy(), expected, atol=tol, rtol=0)
 
-    @parameterized.expand(GEOMETRIES)
-    def test_lr_voxels_kept(self, _, geo):
+    @parametrize_named("geo", GEOMETRIES)
+    def test_lr_voxels_kept(self, geo):
         # output voxel s·i of a ×2 render is LR voxel i: its value is the field at LR voxel i's centre
         field = LinearField()
         out = CuNeRFInferer(**EXACT).render_grid(field, geo, grid_for_scale(geo, 2))
@@ -336,7 +320,7 @@ class TestRenderGrid(unittest.TestCase):
         small = CuNeRFInferer(chunk_size=7).render_grid(model, geo, grid)
         torch.testing.assert_close(big, again, rtol=0, atol=0)
         torch.testing.assert_close(small, big, rtol=0, atol=1e-6)
-        self.assertTrue(model.training)  # the render restores the training flag
+        assert model.training  # the render restores the training flag
 
     def test_render_points_matches_grid(self):
         geo, field = GEOMETRIES[1][1], LinearField()
@@ -356,13 +340,16 @@ class TestRenderGrid(unittest.TestCase):
         np.testing.assert_allclose(half.numpy(), geo.field_per_voxel, rtol=1e-6)  # 1 LR voxel half-size
 
 
-class TestRenderPlane(unittest.TestCase):
-    @parameterized.expand([(f"{g}_{r}", geo, s, tol) for g, geo in GEOMETRIES for r, s, tol in RENDER_SETTINGS])
-    def test_axial_plane(self, _, geo, settings, tol):
+class TestRenderPlane:
+    @parametrize_named(
+        "geo, settings, tol",
+        [(f"{g}_{r}", geo, s, tol) for g, geo in GEOMETRIES for r, s, tol in RENDER_SETTINGS],
+    )
+    def test_axial_plane(self, geo, settings, tol):
         field = LinearField()
         plane = oblique_plane(geo, size=geo.shape[:2])
         out = CuNeRFInferer(**settings).render_plane(field, geo, plane)
-        self.assertEqual(tuple(out.shape), geo.shape[:2])
+        assert tuple(out.shape) == geo.shape[:2]
         expected = field.value(geo.world_to_field(plane.world))
         np.testing.assert_allclose(out.numpy(), expected, atol=tol, rtol=0)
         # the axial plane through the centre: for an odd slice count it is the middle LR slice
@@ -370,14 +357,14 @@ class TestRenderPlane(unittest.TestCase):
             lr = field.value(geo.voxel_field_grid())[:, :, geo.shape[2] // 2]
             np.testing.assert_allclose(out.numpy(), lr, atol=tol, rtol=0)
 
-    @parameterized.expand(GEOMETRIES)
-    def test_oblique_plane_and_outside(self, _, geo):
+    @parametrize_named("geo", GEOMETRIES)
+    def test_oblique_plane_and_outside(self, geo):
         field = LinearField()
         plane = oblique_plane(geo, axis=(1, 1, 0), angle=30.0, zoom=0.5, size=(12, 10))
         out = CuNeRFInferer(**EXACT).render_plane(field, geo, plane, outside_value=-1.0).numpy()
         index = geo.world_to_index(plane.world)
         inside = np.all((index >= -0.5) & (index <= np.asarray(geo.shape) - 0.5), axis=-1)
-        self.assertTrue(inside.any() and (~inside).any())
+        assert inside.any() and (~inside).any()
         np.testing.assert_allclose(out[~inside], -1.0)
         np.testing.assert_allclose(out[inside], field.value(geo.world_to_field(plane.world))[inside], atol=1e-5)
 
@@ -389,6 +376,3 @@ class TestRenderPlane(unittest.TestCase):
             inferer.render_plane(model, geo, plane), inferer.render_plane(model, geo, plane), rtol=0, atol=0
         )
 
-
-if __name__ == "__main__":
-    unittest.main()

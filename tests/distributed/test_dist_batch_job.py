@@ -1,6 +1,6 @@
-"""The many-volume job (:mod:`cunerf_monai.batch`): partition, names, and a 2-process ``torchrun`` run over three
-tiny volumes and a corrupt one — every good volume is fitted and rendered exactly once, the bad one is reported,
-and rank 0 writes the summary."""
+"""The many-volume job (``cunerf batch``, :mod:`cunerf_monai.batch`): partition, names, and a 2-process ``torchrun``
+run over three tiny volumes and a corrupt one — every good volume is fitted and rendered exactly once, the bad one is
+reported, rank 0 writes the summary and the command exits with status 1."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from cunerf_monai.batch import list_volumes, partition, volume_names
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = ("alpha", "beta", "gamma")
 BAD = "broken"
-SETTINGS = ["--iterations", "4", "--batch-size", "64", "--scale", "2"]
+SETTINGS = ["--iterations", "4", "--batch_size", "64", "--scale", "2"]
 
 
 def _volume(path: Path, freq: float) -> None:
@@ -71,11 +71,36 @@ def job(tmp_path_factory) -> dict:
     (inputs / f"{BAD}.nii.gz").write_bytes(b"\x1f\x8b" + os.urandom(300))  # gzip magic, then garbage
     out = base / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "cunerf_monai.batch", "--inputs", str(inputs), "--out", str(out), *SETTINGS]
+           "-m", "cunerf_monai.cli", "batch", "--inputs", str(inputs), "--out", str(out), *SETTINGS]
     env = dict(os.environ, CUNERF_BUNDLE_ROOT=str(ROOT / "bundle"), OMP_NUM_THREADS="1")
     res = subprocess.run(cmd, cwd=base, env=env, capture_output=True, text=True, timeout=300)
+    return {"inputs": inputs, "out": out, "stdout": res.stdout, "stderr": res.stderr, "returncode": res.returncode,
+            "env": env}
+
+
+def test_a_failed_volume_makes_the_job_exit_non_zero_after_the_summary(job):
+    assert job["returncode"] != 0, job["stderr"][-4000:]
+    assert (job["out"] / "summary.json").is_file()
+    # torchrun reports rank 0's status 1 (a failed volume), not an error of the command (status 2)
+    assert "exitcode  : 1" in job["stderr"] and "cunerf: error" not in job["stderr"], job["stderr"][-4000:]
+
+
+def test_summarize_only_through_the_module_alias(job, tmp_path):
+    """``python -m cunerf_monai.batch`` is ``cunerf batch``: --summarize_only rebuilds the summary from the rank
+    files, and the failed volume still gives status 1 (status 0 with --nofail_on_error)."""
+    out = job["out"]
+    (out / "summary.json").unlink()
+    cmd = [sys.executable, "-m", "cunerf_monai.batch", "--summarize_only", "--out", str(out)]
+    res = subprocess.run(cmd, cwd=tmp_path, env=job["env"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr[-4000:]
+    assert json.loads((out / "summary.json").read_text())["failed"] == 1
+    assert "3 ok, 1 failed" in res.stdout
+    res = subprocess.run([*cmd, "--nofail_on_error"], cwd=tmp_path, env=job["env"], capture_output=True, text=True,
+                         timeout=120)
     assert res.returncode == 0, res.stderr[-4000:]
-    return {"inputs": inputs, "out": out, "stdout": res.stdout}
+    res = subprocess.run([*cmd[:-1], str(tmp_path / "empty")], cwd=tmp_path, env=job["env"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and "No rank files" in res.stderr
 
 
 def test_every_good_volume_is_rendered_exactly_once(job):

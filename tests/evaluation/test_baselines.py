@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import unittest
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
-from parameterized import parameterized
 from scipy import ndimage as ndi
 
 from cunerf_monai.evaluation.baselines import (
@@ -71,20 +70,20 @@ def hull_mask(hr_shape, lr_shape, a_lr, a_hr, margin_lr: float = 0.0) -> np.ndar
 EXACT = [("trilinear", 0.0), ("keys", 1.0), ("bspline", 9.0)]
 
 
-class TestLinearReconstruction(unittest.TestCase):
-    @parameterized.expand([(m, g, mode) for m, g in EXACT for mode in ("nearest", "box")])
+class TestLinearReconstruction:
+    @pytest.mark.parametrize("method, margin, mode", [(m, g, mode) for m, g in EXACT for mode in ("nearest", "box")])
     def test_linear_volume_exact(self, method, margin, mode):
         shape = (72, 70, 75) if method == "bspline" else (31, 29, 34)
         a_hr = hr_affine()
         hr = linear_volume(shape)
         lr, a_lr = (nearest_decimate if mode == "nearest" else box_decimate)(hr, (3, 3, 3), a_hr)
         out = resample_to_grid(lr, a_lr, shape, a_hr, method)
-        self.assertEqual(out.shape, shape)
-        self.assertEqual(out.dtype, np.float32)
+        assert out.shape == shape
+        assert out.dtype == np.float32
         inside = hull_mask(shape, lr.shape, a_lr, a_hr, margin)
-        self.assertGreater(inside.sum(), 1000)
+        assert inside.sum() > 1000
         err = np.abs(out.astype(np.float64) - hr)[inside]
-        self.assertLess(err.max(), 1e-4, f"{method}/{mode}: max error {err.max()}")
+        assert err.max() < 1e-4, f"{method}/{mode}: max error {err.max()}"
 
     def test_box_needs_half_shift(self):
         # the same LR array with the nearest-decimation affine (no half-shift) is off by (s-1)/2 HR voxels.
@@ -98,7 +97,7 @@ class TestLinearReconstruction(unittest.TestCase):
         expected_shift = abs(COEF.sum()) * 1.0  # (s-1)/2 = 1 voxel along every axis
         np.testing.assert_allclose((out - hr)[inside], expected_shift, atol=1e-4)
 
-    @parameterized.expand([("nearest",), ("box",)])
+    @pytest.mark.parametrize("mode", ["nearest", "box"])
     def test_misaligned_resize_is_not_exact(self, mode):
         # HR shapes are not multiples of s: the pixel-centre resize stretches/shifts the volume.
         shape = (31, 29, 34)
@@ -110,10 +109,10 @@ class TestLinearReconstruction(unittest.TestCase):
         inside = hull_mask(shape, lr.shape, a_lr, a_hr, margin_lr=2.0)
         err_careless = np.abs(careless - hr)[inside]
         err_aligned = np.abs(aligned - hr)[inside]
-        self.assertGreater(err_careless.mean(), 0.1)
-        self.assertGreater(err_careless.mean(), 20 * err_aligned.mean())
+        assert err_careless.mean() > 0.1
+        assert err_careless.mean() > 20 * err_aligned.mean()
         careless_lin = misaligned_resize(lr, shape, method="trilinear")
-        self.assertGreater(np.abs(careless_lin - hr)[inside].mean(), 0.1)
+        assert np.abs(careless_lin - hr)[inside].mean() > 0.1
 
     def test_misaligned_nearest_decimation_shift(self):
         # nearest decimation with an exact integer factor: the careless resize is shifted by (s-1)/2 HR voxels.
@@ -126,22 +125,22 @@ class TestLinearReconstruction(unittest.TestCase):
         # careless voxel j reads the LR signal at HR index j - (s-1)/2
         np.testing.assert_allclose(careless[interior] - hr[interior], -COEF.sum() * (s - 1) / 2.0, atol=1e-4)
 
-    @parameterized.expand([("nearest",), ("box",)])
+    @pytest.mark.parametrize("mode", ["nearest", "box"])
     def test_slice_axis_only(self, mode):
         shape = (20, 22, 45)
         a_hr = hr_affine()
         hr = linear_volume(shape)
         lr, a_lr = (nearest_decimate if mode == "nearest" else box_decimate)(hr, (1, 1, 4), a_hr)
-        self.assertEqual(lr.shape[:2], shape[:2])
+        assert lr.shape[:2] == shape[:2]
         for method, margin in EXACT[:2]:
             out = resample_to_grid(lr, a_lr, shape, a_hr, method)
             # along the unchanged axes every HR voxel is an LR voxel: the margin only matters on the slice axis
             m = lr_index_map(a_lr, a_hr)
             c_k = m[2, 2] * np.arange(shape[2]) + m[2, 3]
             inside_k = (c_k >= margin - 1e-9) & (c_k <= lr.shape[2] - 1 - margin + 1e-9)
-            self.assertGreater(inside_k.sum(), 5)
+            assert inside_k.sum() > 5
             inside = np.broadcast_to(inside_k, shape)
-            self.assertLess(np.abs(out - hr)[inside].max(), 1e-4, method)
+            assert np.abs(out - hr)[inside].max() < 1e-4, method
         # the bspline/keys results on the unchanged axes are the identity: exact at LR slices
         out = resample_to_grid(lr, a_lr, shape, a_hr, "bspline")
         if mode == "nearest":
@@ -167,16 +166,16 @@ class TestLinearReconstruction(unittest.TestCase):
         lr = world_values(a_lr, lr_shape)
         hr = world_values(a_hr, shape)
         inside = hull_mask(shape, lr_shape, a_lr, a_hr)
-        self.assertGreater(inside.sum(), 2000)
+        assert inside.sum() > 2000
         for method in ("trilinear", "bspline"):
             out = resample_to_grid(lr, a_lr, shape, a_hr, method)
             tol = 1e-4 if method == "trilinear" else 5e-2
-            self.assertLess(np.abs(out - hr)[inside].max(), tol, method)
-        with self.assertRaisesRegex(ValueError, "axis-aligned"):
+            assert np.abs(out - hr)[inside].max() < tol, method
+        with pytest.raises(ValueError, match="axis-aligned"):
             resample_to_grid(lr, a_lr, shape, a_hr, "keys")
-        with self.assertWarns(UserWarning):
+        with pytest.warns(UserWarning):
             res = run_baselines(lr, a_lr, shape, a_hr)
-        self.assertNotIn("keys", res)
+        assert "keys" not in res
 
     def test_permuted_axes(self):
         # LR stored with its axes in another order (affine columns permuted accordingly): still exact.
@@ -191,11 +190,11 @@ class TestLinearReconstruction(unittest.TestCase):
         for method, margin in EXACT[:2]:
             out = resample_to_grid(lr_p, a_lr_p, shape, a_hr, method)
             inside = hull_mask(shape, lr.shape, a_lr, a_hr, margin)
-            self.assertLess(np.abs(out - hr)[inside].max(), 1e-4, method)
+            assert np.abs(out - hr)[inside].max() < 1e-4, method
 
 
-class TestAgainstScipy(unittest.TestCase):
-    def setUp(self):
+class TestAgainstScipy:
+    def setup_method(self):
         rng = np.random.default_rng(0)
         self.lr = rng.random((9, 10, 11))
         self.a_hr = np.eye(4)
@@ -210,12 +209,12 @@ class TestAgainstScipy(unittest.TestCase):
         c = np.clip(c, 0, np.asarray(self.lr.shape)[:, None] - 1.0)  # clamp to the edge
         return ndi.map_coordinates(self.lr, c, order=order, mode="nearest").reshape(self.shape)
 
-    @parameterized.expand([("nearest", 0), ("trilinear", 1), ("bspline", 3)])
+    @pytest.mark.parametrize("method, order", [("nearest", 0), ("trilinear", 1), ("bspline", 3)])
     def test_separable_matches_map_coordinates(self, method, order):
         out = resample_to_grid(self.lr, self.a_lr, self.shape, self.a_hr, method)
         np.testing.assert_allclose(out, self._reference(self.a_lr, order), atol=1e-5)
 
-    @parameterized.expand([("nearest", 0), ("trilinear", 1), ("bspline", 3)])
+    @pytest.mark.parametrize("method, order", [("nearest", 0), ("trilinear", 1), ("bspline", 3)])
     def test_oblique_matches_map_coordinates(self, method, order):
         a_lr = self.a_lr.copy()
         a_lr[0, 1] = 0.4  # shear: not axis aligned
@@ -225,9 +224,9 @@ class TestAgainstScipy(unittest.TestCase):
     def test_keys_kernel(self):
         x = np.linspace(-3, 3, 601)
         w = keys_kernel(x)
-        self.assertAlmostEqual(float(keys_kernel(0.0)), 1.0)
+        assert round(abs(float(keys_kernel(0.0)) - 1.0), 7) == 0
         np.testing.assert_allclose(keys_kernel(np.array([-2.0, -1.0, 1.0, 2.0, 2.5])), 0.0, atol=1e-12)
-        self.assertEqual(float(w[np.abs(x) >= 2].max(initial=0.0)), 0.0)
+        assert (float(w[np.abs(x) >= 2].max(initial=0.0))) == 0.0
         t = np.linspace(0, 1, 11)
         partition = sum(keys_kernel(t - off) for off in (-1, 0, 1, 2))
         np.testing.assert_allclose(partition, 1.0, atol=1e-12)
@@ -255,17 +254,17 @@ class TestAgainstScipy(unittest.TestCase):
         np.testing.assert_array_equal(out[:, 0, 0], [0, 1, 1, 2, 2, 3, 3, 4, 4])
 
 
-class TestApi(unittest.TestCase):
+class TestApi:
     def test_run_baselines_keys_and_types(self):
         rng = np.random.default_rng(1)
         hr = rng.random((20, 18, 16)).astype(np.float32)
         lr, a_lr = box_decimate(hr, (2, 2, 2), np.eye(4))
         res = run_baselines(torch.as_tensor(lr)[None], torch.as_tensor(a_lr), hr.shape, np.eye(4))
-        self.assertEqual(set(res), set(BASELINES) | {MISALIGNED_KEY})
+        assert set(res) == set(BASELINES) | {MISALIGNED_KEY}
         for v in res.values():
-            self.assertEqual(v.shape, hr.shape)
-            self.assertEqual(v.dtype, np.float32)
-        self.assertNotIn(MISALIGNED_KEY, run_baselines(lr, a_lr, hr.shape, np.eye(4), include_misaligned=False))
+            assert v.shape == hr.shape
+            assert v.dtype == np.float32
+        assert MISALIGNED_KEY not in run_baselines(lr, a_lr, hr.shape, np.eye(4), include_misaligned=False)
 
     def test_misaligned_trilinear_matches_torch(self):
         rng = np.random.default_rng(2)
@@ -283,15 +282,12 @@ class TestApi(unittest.TestCase):
 
     def test_errors(self):
         vol = np.zeros((4, 4, 4))
-        with self.assertRaises(ValueError):
+        with pytest.raises(ValueError):
             resample_to_grid(vol, np.eye(4), (8, 8, 8), np.eye(4), "cubic")
-        with self.assertRaises(ValueError):
+        with pytest.raises(ValueError):
             resample_to_grid(np.zeros((4, 4)), np.eye(4), (8, 8, 8), np.eye(4))
-        with self.assertRaises(ValueError):
+        with pytest.raises(ValueError):
             resample_to_grid(vol, np.eye(3), (8, 8, 8), np.eye(4))
-        with self.assertRaises(ValueError):
+        with pytest.raises(ValueError):
             misaligned_resize(vol, (8, 8, 8), method="lanczos")
 
-
-if __name__ == "__main__":
-    unittest.main()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import unittest
 
 import numpy as np
+import pytest
 import torch
 from monai.metrics import SSIMMetric
 from monai.metrics.regression import compute_ssim_and_cs
-from parameterized import parameterized
 
 from cunerf_monai.evaluation.metrics import (
     PLANE_AXES,
@@ -38,56 +37,56 @@ def noisy(vol: np.ndarray, sigma=0.05, seed=1) -> np.ndarray:
     return np.clip(vol + sigma * rng.standard_normal(vol.shape), 0, 1).astype(np.float32)
 
 
-class TestPSNR(unittest.TestCase):
+class TestPSNR:
     def test_constant_error(self):
         target = np.zeros((8, 9, 10), dtype=np.float32)
-        self.assertAlmostEqual(psnr(target + 0.1, target), 20.0, places=5)
-        self.assertAlmostEqual(psnr(target + 0.01, target), 40.0, places=4)
-        self.assertAlmostEqual(psnr(target + 0.2, target, data_range=2.0), 20.0, places=5)
+        assert psnr(target + 0.1, target) == pytest.approx(20.0, abs=0.5e-5)
+        assert psnr(target + 0.01, target) == pytest.approx(40.0, abs=0.5e-4)
+        assert psnr(target + 0.2, target, data_range=2.0) == pytest.approx(20.0, abs=0.5e-5)
 
     def test_identical_is_inf(self):
         v = smooth_phantom()
-        self.assertEqual(psnr(v, v), math.inf)
+        assert psnr(v, v) == math.inf
 
     def test_masked(self):
         target = np.zeros((10, 10, 10), dtype=np.float32)
         mask = np.zeros(target.shape, dtype=bool)
         mask[2:6, 3:7, 1:9] = True
         pred = np.where(mask, 0.1, 0.5).astype(np.float32)
-        self.assertAlmostEqual(psnr(pred, target, mask=mask), 20.0, places=5)
+        assert psnr(pred, target, mask=mask) == pytest.approx(20.0, abs=0.5e-5)
         n_in, n = mask.sum(), mask.size
         expected = 10 * math.log10(1.0 / ((0.01 * n_in + 0.25 * (n - n_in)) / n))
-        self.assertAlmostEqual(psnr(pred, target), expected, places=4)
+        assert psnr(pred, target) == pytest.approx(expected, abs=0.5e-4)
         # voxels outside the mask do not matter at all
         pred2 = pred.copy()
         pred2[~mask] = 0.9
-        self.assertAlmostEqual(psnr(pred2, target, mask=mask), 20.0, places=5)
-        self.assertTrue(math.isnan(psnr(pred, target, mask=np.zeros_like(mask))))
+        assert psnr(pred2, target, mask=mask) == pytest.approx(20.0, abs=0.5e-5)
+        assert math.isnan(psnr(pred, target, mask=np.zeros_like(mask)))
 
     def test_shape_mismatch(self):
-        with self.assertRaises(ValueError):
+        with pytest.raises(ValueError):
             psnr(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)))
 
 
-class TestSSIM(unittest.TestCase):
+class TestSSIM:
     def test_identical_is_one(self):
         v = smooth_phantom()
         mask = v > 0.5
         res = ssim(v, v, mask=mask)
         for k, val in res.items():
-            self.assertAlmostEqual(val, 1.0, places=5, msg=k)
+            assert val == pytest.approx(1.0, abs=0.5e-5), k
 
-    @parameterized.expand([("axial",), ("coronal",), ("sagittal",)])
+    @pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
     def test_planes_equal_monai(self, plane):
         target = smooth_phantom()
         pred = noisy(target)
         res = ssim(pred, target)
-        self.assertLess(res[f"ssim_{plane}"], 0.99)
+        assert res[f"ssim_{plane}"] < 0.99
         ax = PLANE_AXES[plane]
         p = torch.from_numpy(np.moveaxis(pred, ax, 0).copy())[:, None]
         t = torch.from_numpy(np.moveaxis(target, ax, 0).copy())[:, None]
         ref = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=11, kernel_sigma=1.5, k1=0.01, k2=0.03)(p, t)
-        self.assertAlmostEqual(res[f"ssim_{plane}"], float(ref.mean()), places=5)
+        assert res[f"ssim_{plane}"] == pytest.approx(float(ref.mean()), abs=0.5e-5)
 
     def test_plane_convention(self):
         # axial = slices along the last axis, i.e. the 2D images vol[:, :, k] of shape (X, Y).
@@ -96,17 +95,17 @@ class TestSSIM(unittest.TestCase):
         p = torch.from_numpy(np.ascontiguousarray(pred.transpose(2, 0, 1)))[:, None]  # (Z, 1, X, Y)
         t = torch.from_numpy(np.ascontiguousarray(target.transpose(2, 0, 1)))[:, None]
         ref = SSIMMetric(spatial_dims=2)(p, t).mean()
-        self.assertAlmostEqual(ssim(pred, target)["ssim_axial"], float(ref), places=5)
+        assert ssim(pred, target)["ssim_axial"] == pytest.approx(float(ref), abs=0.5e-5)
 
     def test_3d_equal_monai(self):
         target = smooth_phantom()
         pred = noisy(target)
         res = ssim(pred, target)
         ref = SSIMMetric(spatial_dims=3)(torch.from_numpy(pred)[None, None], torch.from_numpy(target)[None, None])
-        self.assertAlmostEqual(res["ssim_3d"], float(ref), places=5)
-        self.assertLess(res["ssim_3d"], 0.99)
+        assert res["ssim_3d"] == pytest.approx(float(ref), abs=0.5e-5)
+        assert res["ssim_3d"] < 0.99
         planes = [res[f"ssim_{p}"] for p in PLANE_AXES]
-        self.assertAlmostEqual(res["ssim"], sum(planes) / 3, places=10)
+        assert res["ssim"] == pytest.approx(sum(planes) / 3, abs=0.5e-10)
 
     def test_masked_equals_mean_of_monai_map(self):
         target = smooth_phantom()
@@ -119,7 +118,7 @@ class TestSSIM(unittest.TestCase):
         t = torch.from_numpy(np.ascontiguousarray(target.transpose(2, 0, 1)))[:, None]
         smap, _ = compute_ssim_and_cs(p, t, spatial_dims=2, kernel_size=(11, 11), kernel_sigma=(1.5, 1.5))
         m = torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1)[:, 5:-5, 5:-5]))
-        self.assertAlmostEqual(res["ssim_axial_fg"], float(smap[:, 0][m].mean()), places=5)
+        assert res["ssim_axial_fg"] == pytest.approx(float(smap[:, 0][m].mean()), abs=0.5e-5)
         # 3D map
         smap3, _ = compute_ssim_and_cs(
             torch.from_numpy(pred)[None, None],
@@ -129,11 +128,11 @@ class TestSSIM(unittest.TestCase):
             kernel_sigma=(1.5, 1.5, 1.5),
         )
         m3 = torch.from_numpy(mask[5:-5, 5:-5, 5:-5].copy())
-        self.assertAlmostEqual(res["ssim_3d_fg"], float(smap3[0, 0][m3].mean()), places=5)
+        assert res["ssim_3d_fg"] == pytest.approx(float(smap3[0, 0][m3].mean()), abs=0.5e-5)
         # all-true mask = unmasked
         full = ssim(pred, target, mask=np.ones_like(mask))
-        self.assertAlmostEqual(full["ssim_fg"], full["ssim"], places=6)
-        self.assertAlmostEqual(full["ssim_3d_fg"], full["ssim_3d"], places=6)
+        assert full["ssim_fg"] == pytest.approx(full["ssim"], abs=0.5e-6)
+        assert full["ssim_3d_fg"] == pytest.approx(full["ssim_3d"], abs=0.5e-6)
 
     def test_masked_ignores_outside(self):
         target = smooth_phantom()
@@ -145,18 +144,18 @@ class TestSSIM(unittest.TestCase):
         far[4:26, 4:22, 2:20] = False  # > 5 voxels (half window) away from the mask
         pred2[far] = 0.0
         a, b = ssim(pred, target, mask=mask), ssim(pred2, target, mask=mask)
-        self.assertAlmostEqual(a["ssim_fg"], b["ssim_fg"], places=6)
-        self.assertNotAlmostEqual(a["ssim"], b["ssim"], places=3)
+        assert a["ssim_fg"] == pytest.approx(b["ssim_fg"], abs=0.5e-6)
+        assert a["ssim"] != pytest.approx(b["ssim"], abs=0.5e-3)
 
     def test_small_volume_nan_planes(self):
         target = smooth_phantom((20, 18, 6))
         pred = noisy(target)
         res = ssim(pred, target)
-        self.assertTrue(math.isnan(res["ssim_coronal"]))
-        self.assertTrue(math.isnan(res["ssim_sagittal"]))
-        self.assertTrue(math.isnan(res["ssim_3d"]))
-        self.assertFalse(math.isnan(res["ssim_axial"]))
-        self.assertAlmostEqual(res["ssim"], res["ssim_axial"])
+        assert math.isnan(res["ssim_coronal"])
+        assert math.isnan(res["ssim_sagittal"])
+        assert math.isnan(res["ssim_3d"])
+        assert not math.isnan(res["ssim_axial"])
+        assert round(abs(res["ssim"] - res["ssim_axial"]), 7) == 0
 
     def test_fused_sweep_equals_per_plane_path(self):
         import cunerf_monai.evaluation.metrics as metrics
@@ -168,11 +167,11 @@ class TestSSIM(unittest.TestCase):
         fused = metrics._fused_ssim(p, t, mask, 1.0)
         for plane, axis in PLANE_AXES.items():
             ref = metrics._plane_ssim(p, t, mask, axis, 1.0)
-            self.assertAlmostEqual(fused[plane][0], ref[0], places=6, msg=plane)
-            self.assertAlmostEqual(fused[plane][1], ref[1], places=6, msg=plane)
+            assert fused[plane][0] == pytest.approx(ref[0], abs=0.5e-6), plane
+            assert fused[plane][1] == pytest.approx(ref[1], abs=0.5e-6), plane
         ref3 = metrics._volume_ssim(p, t, mask, 1.0)
-        self.assertAlmostEqual(fused["3d"][0], ref3[0], places=6)
-        self.assertAlmostEqual(fused["3d"][1], ref3[1], places=6)
+        assert fused["3d"][0] == pytest.approx(ref3[0], abs=0.5e-6)
+        assert fused["3d"][1] == pytest.approx(ref3[1], abs=0.5e-6)
 
     def test_slab_batching_is_invisible(self):
         import cunerf_monai.evaluation.metrics as metrics
@@ -188,10 +187,10 @@ class TestSSIM(unittest.TestCase):
         finally:
             metrics._SLAB_VOXELS = old
         for k in full:
-            self.assertAlmostEqual(full[k], small[k], places=6, msg=k)
+            assert full[k] == pytest.approx(small[k], abs=0.5e-6), k
 
 
-class TestMaskAndScore(unittest.TestCase):
+class TestMaskAndScore:
     def _head(self, shape=(40, 44, 36), seed=0):
         rng = np.random.default_rng(seed)
         g = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
@@ -204,14 +203,14 @@ class TestMaskAndScore(unittest.TestCase):
     def test_foreground_mask(self):
         vol, r2 = self._head()
         thr = otsu_threshold(vol)
-        self.assertTrue(0.1 < thr < 0.6, thr)
+        assert 0.1 < thr < 0.6, thr
         mask = foreground_mask(vol)
-        self.assertEqual(mask.dtype, bool)
-        self.assertTrue(mask[r2 < 0.05].all())  # enclosed dark region filled
-        self.assertFalse(mask[r2 > 0.75].any())  # background excluded
-        self.assertGreater((mask == (r2 < 0.6)).mean(), 0.99)
-        self.assertTrue(foreground_mask(np.zeros((5, 5, 5))).all())
-        self.assertEqual(foreground_mask(vol, threshold=0.9).sum(), 0)
+        assert mask.dtype == bool
+        assert mask[r2 < 0.05].all()  # enclosed dark region filled
+        assert not (mask[r2 > 0.75].any())  # background excluded
+        assert ((mask == (r2 < 0.6)).mean()) > 0.99
+        assert foreground_mask(np.zeros((5, 5, 5))).all()
+        assert foreground_mask(vol, threshold=0.9).sum() == 0
 
     def test_foreground_touching_border(self):
         vol = np.zeros((20, 20, 20), dtype=np.float32)
@@ -223,22 +222,22 @@ class TestMaskAndScore(unittest.TestCase):
         target, _ = self._head()
         pred = noisy(target, 0.03)
         res = score(pred, target)
-        self.assertEqual(tuple(res), SCORE_KEYS)
+        assert tuple(res) == SCORE_KEYS
         for k, v in res.items():
-            self.assertIsInstance(v, float, k)
-            self.assertTrue(math.isfinite(v), k)
-        self.assertAlmostEqual(res["psnr"], psnr(pred, target), places=10)
+            assert isinstance(v, float), k
+            assert math.isfinite(v), k
+        assert res["psnr"] == pytest.approx(psnr(pred, target), abs=0.5e-10)
         mask = foreground_mask(target)
-        self.assertAlmostEqual(res["psnr_fg"], psnr(pred, target, mask=mask), places=10)
+        assert res["psnr_fg"] == pytest.approx(psnr(pred, target, mask=mask), abs=0.5e-10)
         s = ssim(pred, target, mask=mask)
-        self.assertAlmostEqual(res["ssim_fg"], s["ssim_fg"], places=10)
-        self.assertAlmostEqual(res["ssim_3d"], s["ssim_3d"], places=10)
+        assert res["ssim_fg"] == pytest.approx(s["ssim_fg"], abs=0.5e-10)
+        assert res["ssim_3d"] == pytest.approx(s["ssim_3d"], abs=0.5e-10)
         # explicit mask
         res2 = score(pred, target, mask=np.ones(target.shape, bool))
-        self.assertAlmostEqual(res2["psnr_fg"], res2["psnr"], places=6)
+        assert res2["psnr_fg"] == pytest.approx(res2["psnr"], abs=0.5e-6)
         perfect = score(target, target)
-        self.assertEqual(perfect["psnr"], math.inf)
-        self.assertAlmostEqual(perfect["ssim"], 1.0, places=6)
+        assert perfect["psnr"] == math.inf
+        assert perfect["ssim"] == pytest.approx(1.0, abs=0.5e-6)
 
     def test_format_table(self):
         results = {
@@ -247,13 +246,10 @@ class TestMaskAndScore(unittest.TestCase):
         }
         table = format_table(results)
         lines = table.strip().splitlines()
-        self.assertEqual(len(lines), 4)
-        self.assertEqual(lines[0], "| method | psnr | ssim | ssim_3d | time_s |")
-        self.assertTrue(lines[1].startswith("|---|"))
-        self.assertEqual(lines[2], "| trilinear | 30.12 | 0.9123 | – | 1.5 |")
-        self.assertEqual(lines[3], "| ours | 33.00 | 0.9500 | nan | – |")
-        self.assertEqual(format_table(results, columns=["ssim"]).splitlines()[2], "| trilinear | 0.9123 |")
+        assert len(lines) == 4
+        assert lines[0] == "| method | psnr | ssim | ssim_3d | time_s |"
+        assert lines[1].startswith("|---|")
+        assert lines[2] == "| trilinear | 30.12 | 0.9123 | – | 1.5 |"
+        assert lines[3] == "| ours | 33.00 | 0.9500 | nan | – |"
+        assert format_table(results, columns=["ssim"]).splitlines()[2] == "| trilinear | 0.9123 |"
 
-
-if __name__ == "__main__":
-    unittest.main()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
-import unittest
+import threading
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from cunerf_monai.evaluation import figures
 from cunerf_monai.evaluation.baselines import run_baselines
 from cunerf_monai.evaluation.figures import comparison_figure, plot_curve, slice_psnr, take_slice
 
@@ -20,98 +21,153 @@ def phantom(shape=(40, 44, 36)) -> np.ndarray:
     return vol.astype(np.float32)
 
 
-class TestFigures(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.dir = self.tmp.name
-        self.hr = phantom()
-        self.a_hr = np.diag([1.0, 1.0, 1.5, 1.0])
-        s = 2
-        self.lr = self.hr[::s, ::s, ::s]
-        self.a_lr = self.a_hr @ np.diag([s, s, s, 1.0])
-        self.base = run_baselines(self.lr, self.a_lr, self.hr.shape, self.a_hr)
+@pytest.fixture(scope="module")
+def case():
+    """An HR phantom ``(40, 44, 36)``, its 2x decimation and the aligned baselines on the HR grid."""
+    hr = phantom()
+    a_hr = np.diag([1.0, 1.0, 1.5, 1.0])
+    s = 2
+    lr = hr[::s, ::s, ::s]
+    a_lr = a_hr @ np.diag([s, s, s, 1.0])
+    return {"hr": hr, "a_hr": a_hr, "lr": lr, "a_lr": a_lr, "base": run_baselines(lr, a_lr, hr.shape, a_hr)}
 
-    def tearDown(self):
-        self.tmp.cleanup()
 
-    def _check_png(self, path, min_w=300, min_h=200):
-        self.assertTrue(os.path.isfile(path))
-        with Image.open(path) as im:
-            self.assertEqual(im.format, "PNG")
-            im.load()
-            w, h = im.size
-            arr = np.asarray(im.convert("L"), dtype=np.float32)
-        self.assertGreaterEqual(w, min_w)
-        self.assertGreaterEqual(h, min_h)
-        self.assertGreater(arr.std(), 5.0)  # not a blank canvas
-        leftovers = [f for f in os.listdir(os.path.dirname(path)) if f.startswith(".tmp_")]
-        self.assertEqual(leftovers, [])
-        return w, h
+def _temp_files(directory) -> list[str]:
+    return [f for f in os.listdir(directory) if ".part" in f or f.startswith(".tmp_")]
 
-    def test_comparison_figure(self):
-        vols = {"trilinear": self.base["trilinear"], "keys": self.base["keys"], "ours": self.hr * 0.98, "HR": self.hr}
-        path = os.path.join(self.dir, "sub", "cmp.png")
-        out = comparison_figure(
-            path, vols, lr=self.lr, lr_affine=self.a_lr, hr_affine=self.a_hr, title="x2", slice_index={"axial": 10}
+
+def check_png(path, min_w=300, min_h=200):
+    assert os.path.isfile(path)
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        im.load()
+        w, h = im.size
+        arr = np.asarray(im.convert("L"), dtype=np.float32)
+    assert w >= min_w
+    assert h >= min_h
+    assert arr.std() > 5.0  # not a blank canvas
+    assert _temp_files(os.path.dirname(path)) == []
+    return w, h
+
+
+def test_comparison_figure(case, tmp_path):
+    base, hr = case["base"], case["hr"]
+    vols = {"trilinear": base["trilinear"], "keys": base["keys"], "ours": hr * 0.98, "HR": hr}
+    path = os.path.join(tmp_path, "sub", "cmp.png")
+    out = comparison_figure(
+        path, vols, lr=case["lr"], lr_affine=case["a_lr"], hr_affine=case["a_hr"], title="x2",
+        slice_index={"axial": 10},
+    )
+    assert out == path
+    w, h = check_png(path, min_w=1000, min_h=400)
+    # 3 rows (planes); 1 LR + 3 methods + HR + 3 error columns = 8 columns
+    assert w / h > 2.0
+
+
+def test_pre_resampled_lr_and_subset(case, tmp_path):
+    vols = {**case["base"], "HR": case["hr"], "LR": case["base"]["nearest"]}
+    path = os.path.join(tmp_path, "cmp2.png")
+    comparison_figure(path, vols, methods=["bspline"], planes=("coronal",))
+    w, h = check_png(path, min_w=400, min_h=150)
+    assert w / h > 2.0  # one row, LR + bspline + HR + 1 error column
+
+
+def test_overwrite_is_atomic(case, tmp_path, monkeypatch):
+    """A figure that fails midway leaves the old file and no temporary file; a reader polling the name while
+    figures are rewritten only ever sees the old bytes or a whole PNG."""
+    path = os.path.join(tmp_path, "cmp.png")
+    with open(path, "wb") as f:
+        f.write(b"old")
+    vols = {"trilinear": case["base"]["trilinear"], "HR": case["hr"]}
+
+    real_savefig = figures.Figure.savefig
+
+    def half_then_fail(fig, fname, *args, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n half")  # a partial PNG under the temporary name
+        raise OSError("disk full")
+
+    monkeypatch.setattr(figures.Figure, "savefig", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        comparison_figure(path, vols)
+    with open(path, "rb") as f:
+        assert f.read() == b"old"
+    assert _temp_files(tmp_path) == []
+    monkeypatch.setattr(figures.Figure, "savefig", real_savefig)
+
+    seen: list[bytes] = []
+    done = threading.Event()
+
+    def read_while_writing():
+        while not done.is_set():
+            with open(path, "rb") as f:
+                seen.append(f.read())
+
+    reader = threading.Thread(target=read_while_writing)
+    reader.start()
+    try:
+        for _ in range(2):
+            comparison_figure(path, vols)
+    finally:
+        done.set()
+        reader.join()
+    with open(path, "rb") as f:
+        final = f.read()
+    assert seen, "the reader never ran"
+    for content in seen:
+        assert content == b"old" or (content.startswith(b"\x89PNG") and content.endswith(final[-12:])), (
+            f"a reader saw a partial file ({len(content)} bytes)"
         )
-        self.assertEqual(out, path)
-        w, h = self._check_png(path, min_w=1000, min_h=400)
-        # 3 rows (planes); 1 LR + 3 methods + HR + 3 error columns = 8 columns
-        self.assertGreater(w / h, 2.0)
-
-    def test_pre_resampled_lr_and_subset(self):
-        vols = {**self.base, "HR": self.hr, "LR": self.base["nearest"]}
-        path = os.path.join(self.dir, "cmp2.png")
-        comparison_figure(path, vols, methods=["bspline"], planes=("coronal",))
-        w, h = self._check_png(path, min_w=400, min_h=150)
-        self.assertGreater(w / h, 2.0)  # one row, LR + bspline + HR + 1 error column
-
-    def test_overwrite_is_atomic(self):
-        path = os.path.join(self.dir, "cmp.png")
-        with open(path, "wb") as f:
-            f.write(b"old")
-        comparison_figure(path, {"trilinear": self.base["trilinear"], "HR": self.hr})
-        self._check_png(path, min_w=300, min_h=300)
-
-    def test_errors_and_warning(self):
-        path = os.path.join(self.dir, "bad.png")
-        with self.assertRaisesRegex(ValueError, "lr_affine"):
-            comparison_figure(path, {"HR": self.hr, "trilinear": self.base["trilinear"]}, lr=self.lr)
-        with self.assertRaises(ValueError):
-            comparison_figure(path, {"trilinear": self.base["trilinear"]})
-        with self.assertRaises(ValueError):
-            comparison_figure(path, {"HR": self.hr, "x": self.lr})
-        self.assertFalse(os.path.exists(path))
-        many = {f"m{i}": self.hr for i in range(6)}
-        with self.assertWarns(UserWarning):
-            comparison_figure(path, {**many, "HR": self.hr}, planes=("axial",))
-
-    def test_slice_helpers(self):
-        vol = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
-        self.assertEqual(take_slice(vol, "axial", 1).shape, (2, 3))
-        self.assertEqual(take_slice(vol, "coronal", 1).shape, (2, 4))
-        self.assertEqual(take_slice(vol, "sagittal", 1).shape, (3, 4))
-        np.testing.assert_array_equal(take_slice(vol, "axial", 3), vol[:, :, 3])
-        self.assertAlmostEqual(slice_psnr(np.full((4, 4), 0.1), np.zeros((4, 4))), 20.0, places=6)
-
-    def test_plot_curve(self):
-        path = os.path.join(self.dir, "curve.png")
-        it = np.arange(0, 1000, 50)
-        curves = {"ours": 20 + np.log1p(it), "trilinear": np.full(it.shape, 24.0)}
-        plot_curve(path, it, curves, "iteration", "PSNR", "t")
-        self._check_png(path, min_w=400, min_h=300)
-        path2 = os.path.join(self.dir, "curve2.png")
-        plot_curve(path2, {"a": [1, 2, 3], "b": [0.5, 1.0]}, {"a": [1, 2, np.nan], "b": [3, 4]}, "s", "dB", "")
-        self._check_png(path2, min_w=400, min_h=300)
-        path3 = os.path.join(self.dir, "curve3.png")
-        plot_curve(path3, {"a": [1, 2, 3], "b": [0.5, 1.0]}, {"a": [1, 2, np.nan], "b": [3, 4]}, "s", "dB", "",
-                   hlines={"baseline": 2.5})
-        self._check_png(path3, min_w=400, min_h=300)
-        with open(path2, "rb") as a, open(path3, "rb") as b:
-            self.assertNotEqual(a.read(), b.read())  # the reference line is drawn
-        with self.assertRaises(ValueError):
-            plot_curve(path2, [1, 2], {"a": [1, 2, 3]}, "x", "y", "t")
+    check_png(path, min_w=300, min_h=300)
 
 
-if __name__ == "__main__":
-    unittest.main()
+def test_render_is_shareable_under_umask_022(case, tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = comparison_figure(os.path.join(tmp_path, "cmp.png"), {"trilinear": case["base"]["trilinear"], "HR": case["hr"]})
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+def test_errors_and_warning(case, tmp_path):
+    hr, lr, base = case["hr"], case["lr"], case["base"]
+    path = os.path.join(tmp_path, "bad.png")
+    with pytest.raises(ValueError, match="lr_affine"):
+        comparison_figure(path, {"HR": hr, "trilinear": base["trilinear"]}, lr=lr)
+    with pytest.raises(ValueError):
+        comparison_figure(path, {"trilinear": base["trilinear"]})
+    with pytest.raises(ValueError):
+        comparison_figure(path, {"HR": hr, "x": lr})
+    assert not os.path.exists(path)
+    many = {f"m{i}": hr for i in range(6)}
+    with pytest.warns(UserWarning):
+        comparison_figure(path, {**many, "HR": hr}, planes=("axial",))
+
+
+def test_slice_helpers():
+    vol = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    assert take_slice(vol, "axial", 1).shape == (2, 3)
+    assert take_slice(vol, "coronal", 1).shape == (2, 4)
+    assert take_slice(vol, "sagittal", 1).shape == (3, 4)
+    np.testing.assert_array_equal(take_slice(vol, "axial", 3), vol[:, :, 3])
+    assert slice_psnr(np.full((4, 4), 0.1), np.zeros((4, 4))) == pytest.approx(20.0, abs=1e-6)
+
+
+def test_plot_curve(tmp_path):
+    path = os.path.join(tmp_path, "curve.png")
+    it = np.arange(0, 1000, 50)
+    curves = {"ours": 20 + np.log1p(it), "trilinear": np.full(it.shape, 24.0)}
+    plot_curve(path, it, curves, "iteration", "PSNR", "t")
+    check_png(path, min_w=400, min_h=300)
+    path2 = os.path.join(tmp_path, "curve2.png")
+    plot_curve(path2, {"a": [1, 2, 3], "b": [0.5, 1.0]}, {"a": [1, 2, np.nan], "b": [3, 4]}, "s", "dB", "")
+    check_png(path2, min_w=400, min_h=300)
+    path3 = os.path.join(tmp_path, "curve3.png")
+    plot_curve(path3, {"a": [1, 2, 3], "b": [0.5, 1.0]}, {"a": [1, 2, np.nan], "b": [3, 4]}, "s", "dB", "",
+               hlines={"baseline": 2.5})
+    check_png(path3, min_w=400, min_h=300)
+    with open(path2, "rb") as a, open(path3, "rb") as b:
+        assert a.read() != b.read()  # the reference line is drawn
+    with pytest.raises(ValueError):
+        plot_curve(path2, [1, 2], {"a": [1, 2, 3]}, "x", "y", "t")

@@ -20,38 +20,20 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_SHAPE, tiny_affine, tiny_array
 from cunerf_monai.cli import main
-from cunerf_monai.geometry import rodrigues
 from cunerf_monai.io import load_volume
 
-SHAPE = (12, 14, 10)
-TINY_OVERLAY = {
-    "epoch_length": 2,
-    "batch_size": 64,
-    "num_coarse": 8,
-    "num_fine": 0,
-    "num_coarse_eval": 4,
-    "num_fine_eval": 4,
-    "chunk_size": 2048,
-    "progress": False,
-}
+SHAPE = TINY_SHAPE
 # a model fitted with another hash-table size: its checkpoint does not fit the default network
 OTHER_NETWORK_OVERLAY = {"field#prefilter_half_width": 2}
 
-def _affine() -> np.ndarray:
-    aff = np.eye(4)
-    aff[:3, :3] = rodrigues((1.0, 2.0, 0.5), 20.0) @ np.diag([1.5, 1.2, 3.0])
-    aff[:3, 3] = (-20.0, 10.0, 5.0)
-    return aff
-
-
 def _volume(shape=SHAPE) -> np.ndarray:
-    grids = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
-    return (100 + 80 * np.sin(grids[0] / 3.0) * np.cos(grids[1] / 4.0) + 10 * grids[2]).astype(np.float32)
+    return tiny_array(shape)
 
 
 def _save(path: Path, data: np.ndarray) -> Path:
-    nib.save(nib.Nifti1Image(data, _affine()), str(path))
+    nib.save(nib.Nifti1Image(data, tiny_affine()), str(path))
     return path
 
 
@@ -120,13 +102,6 @@ INPUT_CASES: dict[str, tuple[Callable[[Path], Path], list[str], str, type]] = {
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("bad_inputs")
-
-
-@pytest.fixture(scope="module")
-def tiny_overlay(work) -> Path:
-    path = work / "tiny_fit.json"
-    path.write_text(json.dumps(TINY_OVERLAY))
-    return path
 
 
 @pytest.fixture(scope="module")

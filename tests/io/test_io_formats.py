@@ -8,7 +8,6 @@ with ``--reference`` the input itself must be written with exactly the input's R
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import itk
@@ -17,41 +16,17 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_DIRECTION, TINY_ORIGIN, TINY_SHAPE, TINY_SPACING, tiny_affine, tiny_array
 from cunerf_monai.cli import main
-from cunerf_monai.geometry import rodrigues
 from cunerf_monai.io import load_volume
 
-SHAPE = (12, 14, 10)  # (X, Y, Z) voxel counts
-SPACING = (1.5, 1.2, 3.0)  # mm
-ORIGIN = (-20.0, 10.0, 5.0)  # mm, centre of voxel (0, 0, 0)
-DIRECTION = rodrigues((1.0, 2.0, 0.5), 20.0)  # columns: unit directions of the voxel axes (a proper rotation)
+SHAPE, SPACING, ORIGIN, DIRECTION = TINY_SHAPE, TINY_SPACING, TINY_ORIGIN, TINY_DIRECTION
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-# settings of a tiny, fast fit (2 iterations of 64 cubes, few samples per cube)
-TINY_OVERLAY = {
-    "epoch_length": 2,
-    "batch_size": 64,
-    "num_coarse": 8,
-    "num_fine": 0,
-    "num_coarse_eval": 4,
-    "num_fine_eval": 4,
-    "chunk_size": 2048,
-    "progress": False,
-}
-
-
-def _geometry_affine() -> np.ndarray:
-    """Voxel index → world (mm) of the test geometry, in the frame the file stores it in."""
-    aff = np.eye(4)
-    aff[:3, :3] = DIRECTION @ np.diag(SPACING)
-    aff[:3, 3] = ORIGIN
-    return aff
 
 
 def _volume(dtype=np.int16) -> np.ndarray:
     """A smooth, non-symmetric test volume ``(X, Y, Z)`` (so a flipped or transposed axis would show)."""
-    i, j, k = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
-    return (100 + 80 * np.sin(i / 3.0) * np.cos(j / 4.0) + 10 * k + 0.5 * i * j).astype(dtype)
+    return tiny_array(dtype=dtype, cross=0.5)
 
 
 def _index_points() -> np.ndarray:
@@ -135,13 +110,6 @@ def nrrd_path(data_dir) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_overlay(data_dir) -> Path:
-    path = data_dir / "tiny_fit.json"
-    path.write_text(json.dumps(TINY_OVERLAY))
-    return path
-
-
 def _assert_same_world(affine, expected_ras: np.ndarray, atol: float = 1e-5) -> None:
     aff = np.asarray(affine, dtype=np.float64)
     idx = _index_points()
@@ -152,7 +120,7 @@ def _assert_same_world(affine, expected_ras: np.ndarray, atol: float = 1e-5) -> 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_nifti_oblique_anisotropic(tmp_path, suffix):
     vol = _volume()
-    ras = _geometry_affine()  # NIfTI stores RAS directly
+    ras = tiny_affine()  # NIfTI stores RAS directly
     path = tmp_path / f"volume{suffix}"
     nib.save(nib.Nifti1Image(vol, ras), str(path))
     img = load_volume(path)
@@ -168,7 +136,7 @@ def test_nrrd_lps_geometry_becomes_ras(nrrd_path):
     img = load_volume(nrrd_path)
     assert tuple(img.shape) == (1, *SHAPE)
     np.testing.assert_allclose(np.asarray(img[0]), _volume(np.float32), atol=1e-6)
-    _assert_same_world(img.affine, LPS_TO_RAS @ _geometry_affine())
+    _assert_same_world(img.affine, LPS_TO_RAS @ tiny_affine())
     # independently of our formula: ITK's own index → physical point (LPS) of the file, flipped to RAS
     back = itk.imread(str(nrrd_path))
     for idx in _index_points().astype(int):
@@ -183,7 +151,7 @@ def test_metaimage_lps_geometry_becomes_ras(tmp_path):
     img = load_volume(path)
     assert tuple(img.shape) == (1, *SHAPE)
     np.testing.assert_allclose(np.asarray(img[0]), _volume(np.float32), atol=1e-6)
-    _assert_same_world(img.affine, LPS_TO_RAS @ _geometry_affine())
+    _assert_same_world(img.affine, LPS_TO_RAS @ tiny_affine())
 
 
 def test_dicom_series_folder(dicom_dir):
@@ -191,7 +159,7 @@ def test_dicom_series_folder(dicom_dir):
     img = load_volume(dicom_dir)
     assert tuple(img.shape) == (1, *SHAPE)
     np.testing.assert_array_equal(np.asarray(img[0]), _volume().astype(np.float32))
-    _assert_same_world(img.affine, LPS_TO_RAS @ _geometry_affine(), atol=1e-5)
+    _assert_same_world(img.affine, LPS_TO_RAS @ tiny_affine(), atol=1e-5)
 
 
 def test_dicom_folder_with_two_series_is_refused(tmp_path):
@@ -213,13 +181,13 @@ def test_single_dicom_slice_points_to_the_folder(dicom_dir):
 def test_4d_nifti_channel_choice(tmp_path):
     vol = _volume(np.float32)
     path = tmp_path / "four.nii.gz"
-    nib.save(nib.Nifti1Image(np.stack([vol, 2 * vol, 3 * vol], axis=-1), _geometry_affine()), str(path))
+    nib.save(nib.Nifti1Image(np.stack([vol, 2 * vol, 3 * vol], axis=-1), tiny_affine()), str(path))
     with pytest.raises(ValueError, match=r"4D image with 3 channels.*channel"):
         load_volume(path)
     img = load_volume(path, channel=1)
     assert tuple(img.shape) == (1, *SHAPE)
     np.testing.assert_allclose(np.asarray(img[0]), 2 * vol, rtol=1e-6)
-    _assert_same_world(img.affine, _geometry_affine())
+    _assert_same_world(img.affine, tiny_affine())
     for bad in (3, -1):
         with pytest.raises(ValueError, match=f"channel {bad} does not exist"):
             load_volume(path, channel=bad)
@@ -227,7 +195,7 @@ def test_4d_nifti_channel_choice(tmp_path):
 
 def test_channel_of_a_3d_volume(tmp_path):
     path = tmp_path / "three.nii.gz"
-    nib.save(nib.Nifti1Image(_volume(), _geometry_affine()), str(path))
+    nib.save(nib.Nifti1Image(_volume(), tiny_affine()), str(path))
     assert tuple(load_volume(path, channel=0).shape) == (1, *SHAPE)
     with pytest.raises(ValueError, match="channel 1 does not exist.*1 channel"):
         load_volume(path, channel=1)
@@ -236,12 +204,12 @@ def test_channel_of_a_3d_volume(tmp_path):
 def test_reference_grid_without_value_checks(tmp_path):
     """A grid-only read (``validate=False``) accepts a constant image, e.g. an empty template or mask."""
     path = tmp_path / "zeros.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.float32), _geometry_affine()), str(path))
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.float32), tiny_affine()), str(path))
     with pytest.raises(ValueError, match="constant"):
         load_volume(path)
     img = load_volume(path, validate=False)
     assert tuple(img.shape) == (1, *SHAPE)
-    _assert_same_world(img.affine, _geometry_affine())
+    _assert_same_world(img.affine, tiny_affine())
 
 
 @pytest.mark.parametrize("fmt", ["dicom", "nrrd"])
@@ -251,7 +219,7 @@ def test_fit_and_render_onto_the_input_grid(fmt, dicom_dir, nrrd_path, tiny_over
     model = tmp_path / "model"
     main(["fit", "--input", str(source), "--out", str(model), "--config", str(tiny_overlay), "--iterations", "2"])
     ckpt = torch.load(model / "model.pt", map_location="cpu", weights_only=False)
-    expected = LPS_TO_RAS @ _geometry_affine()
+    expected = LPS_TO_RAS @ tiny_affine()
     np.testing.assert_allclose(np.asarray(ckpt["volume"]["geometry"]["affine"]), expected, atol=1e-5)
     assert ckpt["volume"]["geometry"]["shape"] == list(SHAPE)
     lo, hi = ckpt["volume"]["intensity_range"]

@@ -1,0 +1,33 @@
+"""Where the benchmarks find the shared data sets: ``$CUNERF_DATA``, else ``shared/data`` beside the repository
+(``<repo>/../shared/data``). Result files name volumes relative to it, so they hold no one machine's folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+__all__ = ["data_root", "data_path", "relative_to_data"]
+
+
+def data_root() -> Path:
+    """The shared data folder: ``$CUNERF_DATA`` when set, else ``<repo>/../shared/data``."""
+    env = os.environ.get("CUNERF_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+def data_path(name: str | os.PathLike) -> str:
+    """A volume given as a path (used as it is when it exists or is absolute) or relative to :func:`data_root`."""
+    p = Path(name)
+    if p.is_absolute() or p.exists():
+        return str(p)
+    return str(data_root() / p)
+
+
+def relative_to_data(path: str | os.PathLike) -> str:
+    """``path`` relative to :func:`data_root` (POSIX form) when it lies inside it, else ``path`` as given."""
+    try:
+        return Path(path).resolve().relative_to(data_root().resolve()).as_posix()
+    except ValueError:
+        return str(path)
