@@ -140,11 +140,12 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from quality import DATA, DEFAULT_VOLUMES
+    from data_paths import data_path
+    from quality import DEFAULT_VOLUMES
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--colin27", default=str(DATA / DEFAULT_VOLUMES["colin27"]))
-    p.add_argument("--chest-ct", dest="chest_ct", default=str(DATA / DEFAULT_VOLUMES["chest_ct"]))
+    p.add_argument("--colin27", default=data_path(DEFAULT_VOLUMES["colin27"]))
+    p.add_argument("--chest-ct", dest="chest_ct", default=data_path(DEFAULT_VOLUMES["chest_ct"]))
     p.add_argument("--table-only", action="store_true", help="redraw the table and docs block from the stored JSON")
     args = p.parse_args(argv)
     store = OUT / "forward_model_study.json"

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -40,9 +39,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# the shared development data: $CUNERF_DATA, else the folder `shared/data` beside the repository
-DATA = Path(os.environ.get("CUNERF_DATA", ROOT.parent / "shared" / "data"))
-DEFAULT_VOLUMES = {"colin27": "colin27/ch2.nii.gz", "chest_ct": "chest_ct/dicom"}  # relative to DATA
+from data_paths import data_path, relative_to_data  # noqa: E402  (the shared data folder, said once)
+
+DEFAULT_VOLUMES = {"colin27": "colin27/ch2.nii.gz", "chest_ct": "chest_ct/dicom"}  # relative to the data folder
 # slice axis of each volume (the thick / through-plane axis), for the slice-axis ("volumetric") mode
 SLICE_AXIS = {"colin27": 2, "chest_ct": 2}
 DEFAULT_OVERLAY = ""  # the bundle's default train.json
@@ -130,14 +129,6 @@ def run(args: argparse.Namespace) -> Path:
                     if args.update_docs:
                         update_docs(out_root)
     return out_root / "quality.md"
-
-
-def relative_to_data(path: str) -> str:
-    """``path`` relative to the shared data folder (result files name no machine's folders)."""
-    try:
-        return str(Path(path).resolve().relative_to(DATA.resolve()))
-    except ValueError:
-        return Path(path).name
 
 
 def passes_to_iterations(passes: float, shape: tuple[int, ...], factors: tuple[int, int, int], overrides: dict) -> int:
@@ -298,8 +289,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="matched: the fit is told the degradation; blind: the shipped defaults, told nothing (runs are "
                         "named *_blind); config: whatever the config files say")
     p.add_argument("--overrides", default=None, help="extra config overrides as JSON, applied last")
-    p.add_argument("--colin27", default=str(DATA / DEFAULT_VOLUMES["colin27"]), help="Colin27 NIfTI path")
-    p.add_argument("--chest-ct", dest="chest_ct", default=str(DATA / DEFAULT_VOLUMES["chest_ct"]),
+    p.add_argument("--colin27", default=data_path(DEFAULT_VOLUMES["colin27"]), help="Colin27 NIfTI path")
+    p.add_argument("--chest-ct", dest="chest_ct", default=data_path(DEFAULT_VOLUMES["chest_ct"]),
                    help="chest CT DICOM folder")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-volumes", action="store_true", help="also write lr/sr NIfTI volumes per run")

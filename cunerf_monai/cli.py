@@ -18,13 +18,9 @@ import fire
 from .modeldir import checkpoint_of, overlays_of, save_model_dir
 from .utils import bundle_root, resolve_overlays, sample_volume_path, telling_error
 
-__all__ = ["Commands", "main", "FORWARD_MODELS"]
+__all__ = ["Commands", "main"]
 
 logger = logging.getLogger("cunerf")
-
-#: the forward models a fit may assume (``--forward_model``; ``auto`` lets the training config choose)
-FORWARD_MODELS = ("auto", "point", "box", "gaussian")
-
 
 def _as_list(value: Any) -> list[Any] | None:
     if value is None:
@@ -48,20 +44,19 @@ def _inference_workflow(model_dir: str, **overrides: Any):
     return wf
 
 
-def model_overrides(forward_model: str | None = None, slice_thickness: Any = None) -> dict[str, Any]:
-    """Training-config overrides ``forward_model`` and ``slice_thickness`` (mm, one number or three), present
-    only when given (the config's own values apply otherwise)."""
+def model_overrides(forward_model: Any = None, slice_thickness: Any = None) -> dict[str, Any]:
+    """Training-config overrides ``forward_model`` (one of auto/point/box/gaussian, or three per axis) and
+    ``slice_thickness`` (mm, one number or three), present only when given (the config's own values apply
+    otherwise); checked by :mod:`cunerf_monai.forward_model`."""
+    from .forward_model import FORWARD_MODELS, check_thickness, per_axis_setting
+
     out: dict[str, Any] = {}
-    if forward_model is not None:
-        if forward_model not in FORWARD_MODELS:
-            raise ValueError(f"forward_model must be one of {', '.join(FORWARD_MODELS)}, got {forward_model!r}.")
-        out["forward_model"] = str(forward_model)
-    thickness = _floats(slice_thickness, "slice_thickness")
+    models = per_axis_setting(_as_list(forward_model), "forward_model", FORWARD_MODELS)
+    if models is not None:
+        out["forward_model"] = models[0] if len(models) == 1 else models
+    thickness = check_thickness(_floats(slice_thickness, "slice_thickness"))
     if thickness is not None:
-        values = thickness if isinstance(thickness, list) else [thickness]
-        if len(values) not in (1, 3) or not all(v > 0 for v in values):
-            raise ValueError(f"slice_thickness must be one positive number or three (mm), got {slice_thickness!r}.")
-        out["slice_thickness"] = thickness
+        out["slice_thickness"] = thickness[0] if len(thickness) == 1 else thickness
     return out
 
 

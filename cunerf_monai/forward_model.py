@@ -44,9 +44,11 @@ __all__ = [
     "PROFILES",
     "PROFILE_MARGIN",
     "ForwardModel",
+    "check_thickness",
     "choose_kernel",
     "dicom_slice_thickness",
     "estimate_forward_model",
+    "per_axis_setting",
     "profile_evidence",
     "resolve_forward_model",
     "spline_step_size",
@@ -288,8 +290,9 @@ def dicom_slice_thickness(path: str | os.PathLike | None) -> float | None:
 # ---------------------------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------------------------
-def _per_axis(value: Any, name: str, choices: Sequence[str] | None = None) -> list | None:
-    """``None``, one value for every axis, or three values; checked against ``choices``."""
+def per_axis_setting(value: Any, name: str, choices: Sequence[str] | None = None) -> list | None:
+    """``None``, or the setting as a list of one value (every axis) or three (per axis), checked against
+    ``choices``; anything else raises a ``ValueError`` naming ``name``."""
     if value is None:
         return None
     items = list(value) if isinstance(value, (list, tuple)) else [value]
@@ -302,18 +305,26 @@ def _per_axis(value: Any, name: str, choices: Sequence[str] | None = None) -> li
     return items
 
 
-def _thickness(value: Any, spacing: np.ndarray) -> list[float | None]:
-    """Per-axis stated thickness (mm): one number applies to the thickest axis, three to each axis."""
-    items = _per_axis(value, "slice_thickness")
-    out: list[float | None] = [None, None, None]
+def check_thickness(value: Any) -> list[float] | None:
+    """``None``, or a stated slice thickness as a list of one or three positive numbers (mm)."""
+    items = per_axis_setting(value, "slice_thickness")
     if items is None:
-        return out
+        return None
     try:
         numbers = [float(v) for v in items]
     except (TypeError, ValueError):
         raise ValueError(f"slice_thickness must be a positive number of mm (or three), got {value!r}.") from None
     if not all(math.isfinite(v) and v > 0 for v in numbers):
         raise ValueError(f"slice_thickness must be a positive number of mm (or three), got {value!r}.")
+    return numbers
+
+
+def _thickness(value: Any, spacing: np.ndarray) -> list[float | None]:
+    """Per-axis stated thickness (mm): one number applies to the thickest axis, three to each axis."""
+    numbers = check_thickness(value)
+    out: list[float | None] = [None, None, None]
+    if numbers is None:
+        return out
     if len(numbers) == 1:
         out[int(np.argmax(spacing))] = numbers[0]
     else:
@@ -353,7 +364,7 @@ def estimate_forward_model(
     sp = np.abs(np.asarray(spacing, dtype=np.float64).reshape(-1))
     if sp.size != 3 or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise ValueError(f"spacing must be three positive numbers (mm), got {spacing!r}.")
-    requested = _per_axis(forward_model, "forward_model", FORWARD_MODELS) or ["auto"]
+    requested = per_axis_setting(forward_model, "forward_model", FORWARD_MODELS) or ["auto"]
     requested = requested * 3 if len(requested) == 1 else requested
     if kernel is not None and kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}.")
