@@ -326,10 +326,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    arguments = parse_args()
-    if arguments.table_only:
-        folder = Path(arguments.out)
-        write_outputs(folder, json.loads((folder / "convergence.json").read_text()), arguments.update_docs)
-    else:
-        print(run(arguments))
+    from docs_block import run_main
+
+    run_main(parse_args, run, lambda a: write_outputs(
+        Path(a.out), json.loads((Path(a.out) / "convergence.json").read_text()), a.update_docs))

@@ -18,3 +18,17 @@ def replace_block(path: Path, name: str, text: str) -> None:
     head, rest = doc.split(begin, 1)
     _, tail = rest.split(end, 1)
     Path(path).write_text(f"{head}{begin}\n{text.rstrip()}\n{end}{tail}")
+
+
+def run_main(parse_args, run, redraw, redraw_flag: str = "table_only") -> None:
+    """A benchmark's ``__main__``: log to stdout, then either redraw its tables from the stored results (when the
+    ``redraw_flag`` option is set: ``redraw(args)``) or run it and print where the results went (``run(args)``)."""
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    args = parse_args()
+    if getattr(args, redraw_flag):
+        redraw(args)
+    else:
+        print(run(args))

@@ -304,11 +304,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def redraw(args: argparse.Namespace) -> None:
+    """Rewrite ``quality.md`` and the docs table from the stored runs."""
+    write_table(Path(args.out))
+    update_docs(Path(args.out))
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    arguments = parse_args()
-    if arguments.docs_only:
-        write_table(Path(arguments.out))
-        update_docs(Path(arguments.out))
-    else:
-        print(run(arguments))
+    from docs_block import run_main
+
+    run_main(parse_args, run, redraw, redraw_flag="docs_only")

@@ -263,10 +263,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    arguments = parse_args()
-    if arguments.table_only:
-        folder = Path(arguments.out)
-        publish(folder, json.loads((folder / "time_to_quality.json").read_text()), arguments.update_docs)
-    else:
-        print(run(arguments))
+    from docs_block import run_main
+
+    run_main(parse_args, run, lambda a: publish(
+        Path(a.out), json.loads((Path(a.out) / "time_to_quality.json").read_text()), a.update_docs))

@@ -421,7 +421,7 @@ def resolve_forward_model(
     The stated thickness is ``slice_thickness`` when given, else the DICOM ``SliceThickness`` of ``input_path``
     (applied to the slice axis, the last one of a DICOM series), else the spacing.
     """
-    from .data import geometry_of
+    from .geometry import geometry_of
 
     geometry = geometry_of(image)
     arr = np.asarray(image[0].detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)[0])
