@@ -426,13 +426,9 @@ def resolve_forward_model(
     geometry = geometry_of(image)
     arr = np.asarray(image[0].detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)[0])
     thickness = slice_thickness
-    if thickness is None:
-        stated = dicom_slice_thickness(input_path)
-        if stated is not None:
-            thickness = [None, None, stated]
-    if isinstance(thickness, (list, tuple)) and len(thickness) == 3 and any(t is None for t in thickness):
-        sp = geometry.spacing
-        thickness = [float(t) if t is not None else float(s) for t, s in zip(thickness, sp)]
+    stated = dicom_slice_thickness(input_path) if thickness is None else None
+    if stated is not None:  # the series' slice axis; the in-plane footprint stays the pixel spacing
+        thickness = [float(geometry.spacing[0]), float(geometry.spacing[1]), stated]
     model = estimate_forward_model(arr, geometry.spacing, forward_model, thickness, kernel)
     logger.info(model.describe())
     return model

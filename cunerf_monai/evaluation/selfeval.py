@@ -20,7 +20,7 @@ from ..transforms.array import SimulateLowResolution, degradation_factors, denor
 from ..utils import atomic_path, write_json
 from .baselines import MISALIGNED_KEY, run_baselines
 from .figures import comparison_figure
-from .metrics import foreground_mask, format_table, score
+from .metrics import foreground_mask, format_table, psnr, score
 
 __all__ = ["self_evaluate", "machine_description", "OURS", "OURS_COARSE"]
 
@@ -49,8 +49,6 @@ def machine_description() -> str:
 def data_consistency(sr: np.ndarray, hr: torch.Tensor, lr: np.ndarray, factors, degradation: str) -> float:
     """PSNR (dB) of the SR volume ``(X, Y, Z)`` on the HR grid, degraded by the operator that made the LR, against
     the LR volume ``(x, y, z)``: how exactly the output reproduces its input (higher is more consistent)."""
-    from .metrics import psnr
-
     as_image = MetaTensor(torch.as_tensor(np.asarray(sr, dtype=np.float32)[None]), affine=hr.affine)
     again = SimulateLowResolution(factors, degradation)(as_image)[0].numpy()
     return psnr(np.clip(again, 0.0, 1.0), lr)
