@@ -44,11 +44,15 @@ def _inference_workflow(model_dir: str, **overrides: Any):
     return wf
 
 
-def model_overrides(forward_model: Any = None, slice_thickness: Any = None) -> dict[str, Any]:
-    """Training-config overrides ``forward_model`` (one of auto/point/box/gaussian, or three per axis) and
-    ``slice_thickness`` (mm, one number or three), present only when given (the config's own values apply
-    otherwise); checked by :mod:`cunerf_monai.forward_model`."""
+def model_overrides(
+    forward_model: Any = None, slice_thickness: Any = None, prior: Any = None, prior_spacing: Any = None
+) -> dict[str, Any]:
+    """Training-config overrides ``forward_model`` (one of auto/point/box/gaussian, or three per axis),
+    ``slice_thickness`` (mm, one number or three), ``prior`` (auto/none) and ``prior_spacing`` (mm, one number or
+    three), present only when given (the config's own values apply otherwise); checked by
+    :mod:`cunerf_monai.forward_model` and :mod:`cunerf_monai.slice_prior`."""
     from .forward_model import FORWARD_MODELS, check_thickness, per_axis_setting
+    from .slice_prior import PRIOR_MODES
 
     out: dict[str, Any] = {}
     models = per_axis_setting(_as_list(forward_model), "forward_model", FORWARD_MODELS)
@@ -57,6 +61,13 @@ def model_overrides(forward_model: Any = None, slice_thickness: Any = None) -> d
     thickness = check_thickness(_floats(slice_thickness, "slice_thickness"))
     if thickness is not None:
         out["slice_thickness"] = thickness[0] if len(thickness) == 1 else thickness
+    if prior is not None:
+        if prior not in PRIOR_MODES:
+            raise ValueError(f"prior must be one of {PRIOR_MODES}, got {prior!r}.")
+        out["prior"] = prior
+    spacing = check_thickness(_floats(prior_spacing, "prior_spacing"), "prior_spacing")
+    if spacing is not None:
+        out["prior_spacing"] = spacing[0] if len(spacing) == 1 else spacing
     return out
 
 
@@ -78,6 +89,8 @@ class Commands:
         seed: int = 0,
         forward_model: str | None = None,
         slice_thickness: Any = None,
+        prior: str | None = None,
+        prior_spacing: Any = None,
     ) -> str:
         """Fit a model to one volume and write OUT/model.pt and OUT/fit.json.
 
@@ -94,6 +107,10 @@ class Commands:
             forward_model: how each LR voxel samples the field: auto, point, box or gaussian (default: the
                 config's).
             slice_thickness: the LR slice thickness in mm, one number or three (default: the config's).
+            prior: auto (learn detail from the scan's sharp in-plane slices when it has a thick axis) or none (the
+                field alone); default: the config's (auto).
+            prior_spacing: output spacing along the thick axis in mm that the prior works at, one number or three
+                (default: the in-plane spacing; evaluate: the HR grid's).
         Returns:
             the checkpoint path.
         """
@@ -102,7 +119,7 @@ class Commands:
         source = input or sample_volume_path()
         overlays = resolve_overlays(config)
         overrides = fit_overrides(
-            seed, iterations, batch_size, channel=channel, **model_overrides(forward_model, slice_thickness)
+            seed, iterations, batch_size, channel=channel, **model_overrides(forward_model, slice_thickness, prior, prior_spacing)
         )
         mdir = Path(out)
         result = fit(source, mdir / "run", overrides, train_config_files(overlays))
@@ -213,6 +230,8 @@ class Commands:
         channel: int | None = None,
         forward_model: str | None = None,
         slice_thickness: Any = None,
+        prior: str | None = None,
+        prior_spacing: Any = None,
     ) -> dict:
         """Self-evaluation: simulate LR from an HR volume, fit on LR only, render on the HR grid, and score
         PSNR/SSIM against aligned interpolation baselines. Writes metrics.json, table.md and figure.png.
@@ -230,6 +249,10 @@ class Commands:
             forward_model: how each LR voxel samples the field: auto, point, box or gaussian (default: the
                 config's).
             slice_thickness: the LR slice thickness in mm, one number or three (default: the config's).
+            prior: auto (learn detail from the scan's sharp in-plane slices when it has a thick axis) or none (the
+                field alone); default: the config's (auto).
+            prior_spacing: output spacing along the thick axis in mm that the prior works at, one number or three
+                (default: the in-plane spacing; evaluate: the HR grid's).
         Returns:
             the metrics.
         """
@@ -237,7 +260,7 @@ class Commands:
         from .fitting import train_config_files
 
         overrides = {} if iterations is None else {"num_iterations": int(iterations)}
-        overrides.update(model_overrides(forward_model, slice_thickness))
+        overrides.update(model_overrides(forward_model, slice_thickness, prior, prior_spacing))
         metrics = self_evaluate(
             hr or sample_volume_path(), out, _floats(scale, "scale"), slice_axis, degradation, overrides,
             train_config_files(config), channel,
@@ -256,6 +279,8 @@ class Commands:
         seed: int = 0,
         forward_model: str | None = None,
         slice_thickness: Any = None,
+        prior: str | None = None,
+        prior_spacing: Any = None,
         timeout_hours: float = 72.0,
         fail_on_error: bool = True,
         summarize_only: bool = False,
@@ -278,6 +303,10 @@ class Commands:
             forward_model: how each LR voxel samples the field: auto, point, box or gaussian (default: the
                 config's).
             slice_thickness: the LR slice thickness in mm, one number or three (default: the config's).
+            prior: auto (learn detail from the scan's sharp in-plane slices when it has a thick axis) or none (the
+                field alone); default: the config's (auto).
+            prior_spacing: output spacing along the thick axis in mm that the prior works at, one number or three
+                (default: the in-plane spacing; evaluate: the HR grid's).
             timeout_hours: how long finished ranks wait for the others before the summary.
             fail_on_error: exit with status 1 when a volume failed or is missing (--nofail_on_error: status 0).
             summarize_only: only rebuild OUT/summary.* from OUT/ranks/rank*.json (after a crash, or when the
@@ -296,7 +325,7 @@ class Commands:
                 raise ValueError("--inputs is required (folders, .txt lists or volumes).")
             records = run_batch(
                 _as_list(inputs) or [], out, scale_v, iterations, batch_size, _as_list(config), seed,
-                timeout_hours=float(timeout_hours), overrides=model_overrides(forward_model, slice_thickness),
+                timeout_hours=float(timeout_hours), overrides=model_overrides(forward_model, slice_thickness, prior, prior_spacing),
             )
             if records is None:  # a rank other than 0 (rank 0 writes and prints the summary)
                 return {}

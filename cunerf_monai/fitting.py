@@ -27,10 +27,11 @@ class FitResult:
         record: the fitted volume's geometry and intensity range.
         checkpoint: path of the final checkpoint.
         history: validation PSNR per validation round, ``[(iteration, psnr), ...]``.
-        seconds: wall time of the training run.
+        seconds: wall time of the fit (the prior, when there is one, and the training run).
         workflow: the MONAI ``ConfigWorkflow`` (for anything else in the config).
         forward_model: the forward model the fit used (:meth:`cunerf_monai.forward_model.ForwardModel.as_dict`),
             ``None`` for a config without one.
+        prior: the thick-slice prior's settings, output grid, times and consistency; ``None`` without one.
     """
 
     network: nn.Module
@@ -41,6 +42,7 @@ class FitResult:
     seconds: float
     workflow: ConfigWorkflow
     forward_model: dict[str, Any] | None = None
+    prior: dict[str, Any] | None = None
 
 
 def train_config_files(extra: Sequence[str] | str | None = None) -> list[str]:
@@ -119,6 +121,7 @@ def fit(
     files = list(config_files) if config_files else train_config_files()
     settings = {"input_image": str(image_path), "output_dir": str(output_dir)}
     settings.update(dict(overrides or {}))
+    start = time.perf_counter()  # the prior (when there is one) runs while the config is initialised
     workflow = ConfigWorkflow(config_file=files, workflow_type="train", **settings)
     workflow.initialize()
     history: list[tuple[int, float]] = []
@@ -131,7 +134,6 @@ def fit(
     def _remember(engine: Any) -> None:
         history.append((int(trainer.state.iteration), float(engine.state.metrics.get("val_psnr", float("nan")))))
 
-    start = time.perf_counter()
     workflow.run()
     seconds = time.perf_counter() - start
     workflow.finalize()
@@ -144,4 +146,24 @@ def fit(
         seconds=seconds,
         workflow=workflow,
         forward_model=workflow.parser.get_parsed_content("forward").as_dict() if "forward" in workflow.parser else None,
+        prior=_prior_of(workflow),
     )
+
+
+def _prior_of(workflow: ConfigWorkflow) -> dict[str, Any] | None:
+    """What the fit's thick-slice prior was and did (``None`` without one): its settings, output grid, stage
+    times, training loss and consistency (see :mod:`cunerf_monai.slice_prior`)."""
+    if "prior_result" not in workflow.parser:
+        return None
+    result = workflow.parser.get_parsed_content("prior_result")
+    if result is None:
+        return None
+    from .slice_prior import describe
+
+    return {
+        **describe(workflow.parser.get_parsed_content("slice_prior")),  # type: ignore[dict-item]
+        "grid": result.grid.as_dict(),
+        "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+        "train_l1": round(result.train_loss, 6),
+        "consistency_psnr_db": round(min(result.consistency_psnr, 999.0), 1),
+    }

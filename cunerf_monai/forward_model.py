@@ -305,17 +305,18 @@ def per_axis_setting(value: Any, name: str, choices: Sequence[str] | None = None
     return items
 
 
-def check_thickness(value: Any) -> list[float] | None:
-    """``None``, or a stated slice thickness as a list of one or three positive numbers (mm)."""
-    items = per_axis_setting(value, "slice_thickness")
+def check_thickness(value: Any, name: str = "slice_thickness") -> list[float] | None:
+    """``None``, or a stated length per axis (slice thickness, output spacing) as a list of one or three positive
+    numbers (mm); errors name the setting ``name``."""
+    items = per_axis_setting(value, name)
     if items is None:
         return None
     try:
         numbers = [float(v) for v in items]
     except (TypeError, ValueError):
-        raise ValueError(f"slice_thickness must be a positive number of mm (or three), got {value!r}.") from None
+        raise ValueError(f"{name} must be a positive number of mm (or three), got {value!r}.") from None
     if not all(math.isfinite(v) and v > 0 for v in numbers):
-        raise ValueError(f"slice_thickness must be a positive number of mm (or three), got {value!r}.")
+        raise ValueError(f"{name} must be a positive number of mm (or three), got {value!r}.")
     return numbers
 
 

@@ -49,6 +49,9 @@ def save_model_dir(
     forward_model = getattr(result, "forward_model", None)
     if forward_model is not None:
         info["forward_model"] = forward_model
+    prior = getattr(result, "prior", None)
+    if prior is not None:
+        info["prior"] = prior
     write_json(mdir / FIT_INFO_FILE, info)
     return info
 

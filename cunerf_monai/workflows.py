@@ -40,8 +40,13 @@ def _read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict
 
 
 def fitted_shape(path: str | os.PathLike) -> list[int]:
-    """Voxel shape ``[X, Y, Z]`` of the volume a checkpoint was fitted to (fields tie their grids to it)."""
-    return [int(v) for v in _read_checkpoint(path)["volume"]["geometry"]["shape"]]
+    """Sample grid ``[X, Y, Z]`` of a checkpoint's grid field: the fitted volume's voxel shape, or the finer output
+    grid of the thick-slice prior when the field holds one (fields tie their grids to it)."""
+    ckpt = _read_checkpoint(path)
+    samples = ckpt["model"].get("coarse.samples")
+    if samples is not None:
+        return [int(v) for v in samples.shape]
+    return [int(v) for v in ckpt["volume"]["geometry"]["shape"]]
 
 
 def load_checkpoint(path: str | os.PathLike, network: nn.Module) -> VolumeRecord:

@@ -101,7 +101,9 @@ def self_evaluate(
     lr_path = save_nifti(out / "lr.nii.gz", lr_np, lr_affine)
     logger.info(f"HR {hr_np.shape} → LR {lr_np.shape} ({degradation}, factors {factors})")
 
-    fitted = fit(lr_path, out / "fit", overrides, config_files)
+    # the output grid is the HR grid: a prior works at its spacing (unless the overrides say otherwise)
+    hr_spacing = [round(float(v), 6) for v in np.sqrt((hr_affine[:3, :3] ** 2).sum(axis=0))]
+    fitted = fit(lr_path, out / "fit", {"prior_spacing": hr_spacing, **dict(overrides or {})}, config_files)
     grid = TargetGrid(tuple(hr_np.shape), hr_affine)  # type: ignore[arg-type]
     start = time.perf_counter()
     sr = fitted.inferer.render_grid(fitted.network, fitted.record.geometry, grid)
@@ -145,6 +147,7 @@ def self_evaluate(
         "data_consistency_psnr_db": consistency,
         "budget": budget,
         "forward_model": fitted.forward_model,
+        "prior": fitted.prior,
         "renderer": {  # what the fit trained and rendered with (the ablation rows differ only here)
             "sampling": fitted.inferer.sampling,
             "weighting": fitted.inferer.weighting,

@@ -64,6 +64,11 @@ class BSplineGridField(nn.Module):
         density: the constant second output.
         prefilter_half_width: FIR half-width ``K`` of the interpolation prefilter.
         learnable: train the samples (``False`` gives a fixed cubic interpolant).
+        lr_shape: the LR voxel shape the field coordinates refer to, when the samples sit on a finer grid than the
+            LR voxels (default: ``shape``; see ``origin`` and ``step``).
+        origin: LR index of sample 0 per axis (default 0: the samples sit on the LR voxel centres).
+        step: spacing of the samples per axis in LR voxels (default 1; ``1/r`` for ``r`` samples per LR voxel,
+            e.g. the output grid of the thick-slice prior). ``origin`` and ``step`` travel in the state dict.
         kernel: how the samples are interpolated: ``"bspline"`` (the prefiltered cubic B-spline, default),
             ``"keys"`` (Keys' cubic convolution, ``a = −½``) or ``"linear"``. All three pass through the samples; with
             a one-sample (point) forward model the fit stays at that interpolant of the LR volume, so the kernel
@@ -86,6 +91,9 @@ class BSplineGridField(nn.Module):
         prefilter_half_width: int = 4,
         learnable: bool = True,
         kernel: str = "bspline",
+        lr_shape: Sequence[int] | None = None,
+        origin: float | Sequence[float] = 0.0,
+        step: float | Sequence[float] = 1.0,
     ) -> None:
         super().__init__()
         if kernel not in KERNELS:
@@ -95,15 +103,20 @@ class BSplineGridField(nn.Module):
             raise ValueError(f"BSplineGridField needs a 3D shape with at least 2 voxels per axis, got {shape}.")
         pad = np.broadcast_to(np.asarray(padding, dtype=np.float64), (3,))
         n = np.asarray(shape, dtype=np.float64)
+        lr = np.asarray(lr_shape if lr_shape is not None else shape, dtype=np.float64).reshape(3)
+        first = np.broadcast_to(np.asarray(origin, dtype=np.float64), (3,))
+        spacing = np.broadcast_to(np.asarray(step, dtype=np.float64), (3,))
+        if np.any(spacing <= 0):
+            raise ValueError(f"step must be positive, got {step}.")
         self.shape = shape
         self.density = float(density)
         self.samples = nn.Parameter(torch.zeros(shape), requires_grad=bool(learnable))
         self.register_buffer("taps", bspline_prefilter_taps(prefilter_half_width))
         # the kernel travels with the state dict, so a checkpoint renders with the kernel it was fitted with
         self.register_buffer("kernel_id", torch.tensor(KERNELS.index(kernel)))
-        # field → continuous LR index: u = f · (S + 2P) / 2 + (S − 1) / 2
-        self.register_buffer("index_scale", torch.as_tensor((n + 2.0 * pad) / 2.0, dtype=torch.float32))
-        self.register_buffer("index_shift", torch.as_tensor((n - 1.0) / 2.0, dtype=torch.float32))
+        # field → continuous LR index: u = f · (S + 2P) / 2 + (S − 1) / 2; → sample index: (u − origin) / step
+        self.register_buffer("index_scale", torch.as_tensor((lr + 2.0 * pad) / 2.0 / spacing, dtype=torch.float32))
+        self.register_buffer("index_shift", torch.as_tensor(((lr - 1.0) / 2.0 - first) / spacing, dtype=torch.float32))
         self.register_buffer("size", torch.as_tensor(n, dtype=torch.float32))
         self._cache: tuple[tuple, torch.Tensor] | None = None
         if volume is not None:

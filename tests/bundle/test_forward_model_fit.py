@@ -9,7 +9,7 @@ import torch
 
 from cunerf_monai.fitting import fit
 
-SHORT = {"num_iterations": 8, "epoch_length": 8, "chunk_size": 4096, "progress": False}
+SHORT = {"num_iterations": 8, "epoch_length": 8, "chunk_size": 4096, "progress": False, "prior": "none"}
 
 
 @pytest.fixture(scope="module")

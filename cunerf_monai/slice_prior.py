@@ -1,0 +1,518 @@
+"""A prior learned from the scan itself for its thick axis: its sharp in-plane detail teaches a plane CNN what thick
+slices hide, and the forward model keeps the result consistent with every LR voxel.
+
+A thick-slice scan (voxel spacing ``s`` along one axis ``t``, in-plane spacing ``p`` ≪ ``s``) is sharp in-plane.
+The pairs come from its in-plane slices, degraded along one in-plane axis exactly as the scanner degraded ``t``,
+matched in millimetres (the idea of SMORE, Zhao et al. 2021, and ECLARE, Remedios et al. 2025; written anew here):
+
+1. **Target grid** along ``t``: spacing ``q = s / r`` (``r`` whole; ``q`` the requested output spacing, else the
+   in-plane spacing), placed as the forward model implies (:class:`ThickAxisGrid`). A target in-plane image is the
+   slice resampled along its axis ``a`` to spacing ``q`` by partial volume (unchanged when ``q = p``).
+2. **Pairs**: the target degraded along ``a`` by the thick axis' profile (box / Gaussian of the slice width, or a
+   point) at spacing ``s``, every phase of the ``q`` grid, then Keys-interpolated back to the ``q`` grid (the same
+   operators, :mod:`~cunerf_monai.axis_operators`, that act along ``t``).
+3. **Network**: :class:`~cunerf_monai.networks.planenet.PlaneResidualNet` learns ``target ≈ input + body(input)``.
+4. **Proposal**: the LR volume Keys-interpolated along ``t`` to the ``q`` grid; the network applied to the planes
+   that contain ``t`` in both orientations (``t`` with either in-plane axis); their mean is the proposal, half
+   their difference the per-voxel **uncertainty** (where the two orientations disagree, detail was inferred).
+5. **Consistency**: the proposal corrected by ``x + P (y − A x)``, ``A`` the forward model along ``t`` and ``P``
+   its smooth exact right inverse (:func:`~cunerf_monai.axis_operators.consistent_correction`): the result,
+   degraded as the LR was made, reproduces the LR voxels to float precision.
+
+The fused volume becomes the grid field's samples (one per output voxel), so the field renders it at any scale,
+spacing, reference grid or oblique plane like any fitted field.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .axis_operators import (
+    apply_along_axis,
+    box_resampling_matrix,
+    consistent_correction,
+    consistent_interpolation,
+    footprint_matrix,
+    interpolation_matrix,
+)
+from .networks.planenet import PlaneResidualNet
+
+__all__ = [
+    "ThickAxisGrid",
+    "PriorSettings",
+    "PriorResult",
+    "SlicePrior",
+    "thick_axis",
+    "slice_prior_for",
+    "describe",
+    "run_prior",
+    "field_grid",
+    "render_forward",
+    "THICK_RATIO",
+    "PRIOR_MODES",
+    "START_OPERATORS",
+    "PRIOR_FILE",
+]
+
+logger = logging.getLogger(__name__)
+
+#: an axis is thick when its spacing is at least this many times the finest spacing (as in the forward model)
+THICK_RATIO = 1.5
+#: ``auto``: the prior runs when the scan has a thick axis; ``none``: never (the field alone)
+PRIOR_MODES = ("auto", "none")
+#: the network's input along the thick axis (see :class:`PriorSettings`)
+START_OPERATORS = ("consistent", "keys")
+
+
+def thick_axis(spacing: Sequence[float], ratio: float = THICK_RATIO) -> int | None:
+    """The thick axis of a voxel spacing: the coarsest axis if it is at least ``ratio`` × the finest *and* the two
+    other axes are within ``ratio`` of each other (a plane to learn from); else ``None`` (isotropic-like)."""
+    s = np.asarray(spacing, dtype=np.float64)
+    order = np.argsort(s)
+    if s[order[2]] < ratio * s[order[0]] or s[order[1]] >= ratio * s[order[0]]:
+        return None
+    return int(order[2])
+
+
+@dataclass(frozen=True)
+class ThickAxisGrid:
+    """The output grid along the thick axis, in LR index units of that axis.
+
+    Attributes:
+        axis: the thick axis (0, 1 or 2).
+        lr_count: LR voxels along it.
+        subdivision: ``r``, output samples per LR spacing.
+        origin: LR index of output sample 0.
+        count: output samples.
+        lr_spacing: the LR spacing ``s`` along the axis (mm).
+    """
+
+    axis: int
+    lr_count: int
+    subdivision: int
+    origin: float
+    count: int
+    lr_spacing: float
+
+    @classmethod
+    def for_profile(cls, axis: int, lr_count: int, lr_spacing: float, target_spacing: float, profile: str) -> "ThickAxisGrid":
+        """``r = round(s / target)`` output samples per LR voxel. A box or Gaussian LR voxel is split into its
+        ``r`` sub-slabs (the tiling grid: output samples at LR index ``k + (j − (r − 1)/2) / r``); a point-sampled
+        LR keeps its samples on the grid (output samples at ``k + j / r``, the LR centres among them)."""
+        r = max(1, int(round(float(lr_spacing) / float(target_spacing))))
+        origin = 0.0 if profile == "point" else -(r - 1) / (2.0 * r)
+        return cls(int(axis), int(lr_count), r, origin, int(lr_count) * r, float(lr_spacing))
+
+    @property
+    def step(self) -> float:
+        """Output spacing in LR voxels, ``1 / r``."""
+        return 1.0 / self.subdivision
+
+    @property
+    def spacing(self) -> float:
+        """Output spacing in mm, ``s / r``."""
+        return self.lr_spacing / self.subdivision
+
+    def positions(self) -> np.ndarray:
+        """Output sample positions ``(count,)`` in LR index units."""
+        return self.origin + self.step * np.arange(self.count, dtype=np.float64)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"axis": self.axis, "subdivision": self.subdivision, "origin": self.origin, "count": self.count,
+                "spacing_mm": round(self.spacing, 4)}
+
+
+@dataclass
+class PriorSettings:
+    """How the prior is trained and applied.
+
+    Attributes:
+        steps: training steps of the plane network.
+        batch_size: patches per step.
+        patch: patch edge (pixels).
+        channels, layers: the network's size (:class:`~cunerf_monai.networks.planenet.PlaneResidualNet`).
+        learning_rate: Adam's initial rate (cosine decay to 1 % of it).
+        covariance_width: smoothness of the consistency correction, in output samples (``0``: an even spread).
+        chunk: planes per network call when applying it.
+        seed: seed of the patch draws and the network's initialisation.
+        start: the network's input along the thick axis: ``"consistent"`` (the cubic interpolant whose footprint
+            means are the LR voxels, what the grid field alone converges to) or ``"keys"`` (plain Keys cubic
+            interpolation).
+    """
+
+    steps: int = 600
+    batch_size: int = 16
+    patch: int = 64
+    channels: int = 32
+    layers: int = 8
+    learning_rate: float = 1e-3
+    covariance_width: float = 1.0
+    chunk: int = 16
+    seed: int = 0
+    start: str = "consistent"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "patch", "channels", "layers", "chunk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"prior {name} must be a positive integer, got {value!r}.")
+        if self.layers < 2:
+            raise ValueError(f"prior layers must be at least 2, got {self.layers}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"prior learning_rate must be positive, got {self.learning_rate!r}.")
+        if self.start not in START_OPERATORS:
+            raise ValueError(f"prior start must be one of {START_OPERATORS}, got {self.start!r}.")
+        if not self.covariance_width >= 0:
+            raise ValueError(f"prior covariance_width must be non-negative, got {self.covariance_width!r}.")
+
+
+@dataclass
+class PriorResult:
+    """What :meth:`SlicePrior.run` returns (volumes with the thick axis on the output grid).
+
+    Attributes:
+        fused: the consistent result ``(X, Y, Z')``.
+        proposal: the network's proposal before the correction ``(X, Y, Z')``.
+        uncertainty: half the disagreement of the two orientations ``(X, Y, Z')``.
+        interpolated: the network's input, the LR volume interpolated onto the output grid (``settings.start``)
+            ``(X, Y, Z')``.
+        grid: the output grid along the thick axis.
+        consistency_psnr: PSNR (dB) of the fused volume degraded by the forward model against the LR volume.
+        train_loss: mean L1 loss of the last tenth of the training steps.
+        seconds: wall time per stage (``pairs``, ``train``, ``apply``).
+    """
+
+    fused: torch.Tensor
+    proposal: torch.Tensor
+    uncertainty: torch.Tensor
+    interpolated: torch.Tensor
+    grid: ThickAxisGrid
+    consistency_psnr: float
+    train_loss: float
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class SlicePrior:
+    """Train the in-plane prior on one LR volume and apply it through-plane (see the module docstring).
+
+    Args:
+        spacing: LR voxel spacing per axis (mm).
+        profile: the thick axis' profile, ``"point"``, ``"box"`` or ``"gaussian"``.
+        width: its footprint width in mm (box length, Gaussian FWHM; ignored for a point).
+        target_spacing: output spacing along the thick axis in mm (default: the finest in-plane spacing). The
+            output grid has ``round(s / target)`` samples per LR voxel, at least one.
+        settings: :class:`PriorSettings`.
+        device: where the network runs (default: CPU).
+        progress: show progress bars.
+    """
+
+    def __init__(
+        self,
+        spacing: Sequence[float],
+        profile: str,
+        width: float,
+        target_spacing: float | None = None,
+        settings: PriorSettings | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.spacing = [float(s) for s in spacing]
+        axis = thick_axis(self.spacing)
+        if axis is None:
+            raise ValueError(f"the prior needs one thick axis (≥ {THICK_RATIO}× the in-plane spacing), got {self.spacing}.")
+        self.axis = axis
+        self.inplane = [a for a in range(3) if a != axis]
+        self.profile = str(profile)
+        self.width = float(width) if profile != "point" else 0.0
+        finest = min(self.spacing[a] for a in self.inplane)
+        self.target_spacing = max(float(target_spacing or finest), finest)
+        self.settings = settings or PriorSettings()
+        self.device = torch.device(device or "cpu")
+        self.progress = bool(progress)
+        self.network: PlaneResidualNet | None = None
+
+    # ------------------------------------------------------------------ pairs
+    def _pairs(self, lr: np.ndarray, grid: ThickAxisGrid) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Training pairs ``[(inputs (N, H, W), targets (N, H, W)), …]``, one group per in-plane axis degraded
+        (``H`` along it on the ``q`` grid, ``W`` along the other in-plane axis), every phase of the ``q`` grid."""
+        s, q, r = grid.lr_spacing, grid.spacing, grid.subdivision
+        slices = np.moveaxis(lr, self.axis, 0)  # (n_t, n_a, n_b): in-plane slices
+        groups = []
+        for k, a in enumerate(self.inplane):
+            p = self.spacing[a]
+            images = slices if k == 0 else np.swapaxes(slices, 1, 2)  # degraded in-plane axis first
+            n = images.shape[1]
+            src = p * np.arange(n)
+            count = max(2, int(math.floor(n * p / q + 1e-6)))
+            dst = src[0] - p / 2.0 + q / 2.0 + q * np.arange(count)  # the q grid tiling the slice's extent
+            resample = np.eye(n) if abs(q - p) < 1e-6 * p else box_resampling_matrix(src, p, dst, q)
+            targets = np.einsum("ij,sjw->siw", resample, images)
+            offset = 0.0 if self.profile == "point" else (r - 1) * q / 2.0
+            inputs, outs = [], []
+            for phase in range(r):
+                first = dst[0] + offset + phase * q
+                centres = first + s * np.arange(int(math.floor((dst[-1] - first) / s)) + 1)
+                if centres.size < 2:
+                    continue
+                a_mat = footprint_matrix(centres, dst, q, self.profile, self.width)
+                u_mat = self._start_matrix(centres, dst, q, self.width)
+                inputs.append(np.einsum("ij,sjw->siw", u_mat @ a_mat, targets))
+                outs.append(targets)
+            if inputs:
+                groups.append((np.concatenate(inputs).astype(np.float32), np.concatenate(outs).astype(np.float32)))
+        if not groups:
+            raise ValueError("the in-plane slices are too small to make training pairs for the prior.")
+        return groups
+
+    def _start_matrix(self, lr_positions: np.ndarray, fine_positions: np.ndarray, fine_spacing: float, width: float) -> np.ndarray:
+        """The network's input operator ``(n_fine, n_lr)`` from LR samples (positions and width in one unit)."""
+        if self.settings.start == "keys":
+            return interpolation_matrix(lr_positions, fine_positions)
+        return consistent_interpolation(lr_positions, fine_positions, fine_spacing, self.profile, width)
+
+    # ------------------------------------------------------------------ training
+    def train(self, groups: list[tuple[np.ndarray, np.ndarray]]) -> float:
+        """Train a fresh network on the pairs; returns the mean L1 loss of the last tenth of the steps."""
+        from ignite.engine import Engine, Events
+        from ignite.handlers import ProgressBar
+
+        st = self.settings
+        gen = torch.Generator().manual_seed(st.seed)
+        torch.manual_seed(st.seed)
+        net = PlaneResidualNet(st.channels, st.layers).to(self.device)
+        optimizer = torch.optim.Adam(net.parameters(), lr=st.learning_rate)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=st.steps, eta_min=0.01 * st.learning_rate)
+        sizes = np.array([g[0].shape[0] for g in groups], dtype=np.float64)
+        losses: list[float] = []
+
+        def draw() -> tuple[torch.Tensor, torch.Tensor]:
+            xs, ys = [], []
+            picks = torch.multinomial(torch.as_tensor(sizes), st.batch_size, replacement=True, generator=gen)
+            for g in picks.tolist():
+                inputs, targets = groups[g]
+                n, h, w = inputs.shape
+                ph, pw = min(st.patch, h), min(st.patch, w)
+                i = int(torch.randint(n, (1,), generator=gen))
+                y0 = int(torch.randint(h - ph + 1, (1,), generator=gen))
+                x0 = int(torch.randint(w - pw + 1, (1,), generator=gen))
+                xi = torch.from_numpy(inputs[i, y0 : y0 + ph, x0 : x0 + pw])
+                yi = torch.from_numpy(targets[i, y0 : y0 + ph, x0 : x0 + pw])
+                flips = [d for d in (0, 1) if bool(torch.randint(2, (1,), generator=gen))]
+                if flips:
+                    xi, yi = xi.flip(flips), yi.flip(flips)
+                # patches of one batch share a size: pad the rare short ones by replication
+                pad = (0, st.patch - pw, 0, st.patch - ph)
+                xs.append(F.pad(xi[None, None], pad, mode="replicate")[0])
+                ys.append(F.pad(yi[None, None], pad, mode="replicate")[0])
+            return torch.stack(xs).to(self.device), torch.stack(ys).to(self.device)
+
+        def step(engine: Engine, _: Any) -> float:
+            net.train()
+            x, y = draw()
+            loss = F.l1_loss(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            value = loss.detach().item()
+            losses.append(value)
+            return value
+
+        engine = Engine(step)
+        if self.progress:
+            ProgressBar(persist=True, desc="prior: train").attach(engine, output_transform=lambda loss: {"l1": loss})
+        engine.run(range(st.steps), max_epochs=1)
+        self.network = net.eval()
+        tail = losses[-max(1, len(losses) // 10) :]
+        return float(np.mean(tail))
+
+    # ------------------------------------------------------------------ application
+    @torch.no_grad()
+    def _planes(self, images: torch.Tensor) -> torch.Tensor:
+        """The network over planes ``(N, H, W)`` in chunks (``H`` the thick axis); returns ``(N, H, W)``."""
+        if self.network is None:
+            raise RuntimeError("the prior is not trained: call train() (or run()) first.")
+        out = torch.empty_like(images)
+        chunk = self.settings.chunk
+        starts = range(0, images.shape[0], chunk)
+        if self.progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc="prior: apply", leave=False)
+        for i in starts:
+            block = images[i : i + chunk].to(self.device)
+            out[i : i + chunk] = self.network(block[:, None])[:, 0].to(out.device)
+        return out
+
+    def propose(self, lr: torch.Tensor, grid: ThickAxisGrid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(proposal, uncertainty, interpolated)``, each ``(X, Y, Z)`` with the thick axis on ``grid``."""
+        lr_positions = np.arange(grid.lr_count, dtype=np.float64)
+        start = self._start_matrix(lr_positions, grid.positions(), grid.step, self.width / grid.lr_spacing)
+        upsampled = apply_along_axis(start, lr, self.axis)
+        vol = torch.movedim(upsampled, (self.axis, *self.inplane), (2, 0, 1))  # (A, B, T')
+        first = self._planes(vol.permute(0, 2, 1).contiguous()).permute(0, 2, 1)  # planes (T', B) over A
+        second = self._planes(vol.permute(1, 2, 0).contiguous()).permute(2, 0, 1)  # planes (T', A) over B
+        back = (2, 0, 1)
+        proposal = torch.movedim((first + second) / 2.0, back, (self.axis, *self.inplane))
+        uncertainty = torch.movedim((first - second).abs() / 2.0, back, (self.axis, *self.inplane))
+        return proposal, uncertainty, upsampled
+
+    def forward_operator(self, grid: ThickAxisGrid) -> np.ndarray:
+        """``A`` ``(n_lr, n_out)``: the LR voxels along the thick axis from the output grid (the forward model)."""
+        width = self.width / grid.lr_spacing  # in LR voxels
+        return footprint_matrix(np.arange(grid.lr_count, dtype=np.float64), grid.positions(), grid.step, self.profile, width)
+
+    def make_consistent(self, proposal: torch.Tensor, lr: torch.Tensor, grid: ThickAxisGrid) -> tuple[torch.Tensor, float]:
+        """``x + P (y − A x)`` along the thick axis; returns the result and its consistency PSNR (dB, range 1)."""
+        a_mat = self.forward_operator(grid)
+        p_mat = consistent_correction(a_mat, self.settings.covariance_width)
+        residual = lr.to(torch.float64) - apply_along_axis(a_mat, proposal.to(torch.float64), self.axis)
+        fused = proposal.to(torch.float64) + apply_along_axis(p_mat, residual, self.axis)
+        again = apply_along_axis(a_mat, fused, self.axis)
+        mse = float(torch.mean((again - lr.to(torch.float64)) ** 2))
+        return fused.to(lr.dtype), (float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse))
+
+    def grid_for(self, lr_shape: Sequence[int]) -> ThickAxisGrid:
+        """The output grid along the thick axis of an LR volume of ``lr_shape``."""
+        return ThickAxisGrid.for_profile(
+            self.axis, int(lr_shape[self.axis]), self.spacing[self.axis], self.target_spacing, self.profile
+        )
+
+    def run(self, lr: torch.Tensor | np.ndarray) -> PriorResult:
+        """Train on ``lr`` ``(X, Y, Z)`` (normalised intensities) and return the fused volume on the output grid."""
+        vol = torch.as_tensor(np.asarray(lr, dtype=np.float32)) if not isinstance(lr, torch.Tensor) else lr.float().cpu()
+        if vol.ndim != 3:
+            raise ValueError(f"the prior takes a 3D volume (X, Y, Z), got shape {tuple(vol.shape)}.")
+        grid = self.grid_for(vol.shape)
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        groups = self._pairs(vol.numpy(), grid)
+        seconds["pairs"] = time.perf_counter() - start
+        logger.info(
+            f"prior: thick axis {self.axis} ({self.profile} {self.width:.2f} mm at {grid.lr_spacing:.2f} mm) → output "
+            f"spacing {grid.spacing:.3f} mm (×{grid.subdivision}); {sum(g[0].shape[0] for g in groups)} training planes"
+        )
+        start = time.perf_counter()
+        loss = self.train(groups)
+        seconds["train"] = time.perf_counter() - start
+        start = time.perf_counter()
+        proposal, uncertainty, interpolated = self.propose(vol, grid)
+        fused, consistency = self.make_consistent(proposal, vol, grid)
+        seconds["apply"] = time.perf_counter() - start
+        logger.info(f"prior: train L1 {loss:.4f}, consistency {consistency:.1f} dB, seconds {seconds}")
+        return PriorResult(fused, proposal, uncertainty, interpolated, grid, consistency, loss, seconds)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the prior inside a fit (called from the training config)
+# ---------------------------------------------------------------------------------------------------------------
+PRIOR_FILE = "prior.pt"
+
+
+def slice_prior_for(
+    forward: Any,
+    mode: str = "auto",
+    target_spacing: float | Sequence[float] | None = None,
+    steps: int = PriorSettings.steps,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> SlicePrior | None:
+    """The prior a fit uses, or ``None`` (the field alone).
+
+    Args:
+        forward: the fit's :class:`~cunerf_monai.forward_model.ForwardModel` (spacing, profile and width per axis).
+        mode: ``"auto"`` (a prior when the scan has a thick axis) or ``"none"``.
+        target_spacing: output spacing along the thick axis in mm (one number, or three of which the thick axis'
+            is used); ``None``: the finest in-plane spacing.
+        steps, seed: training steps and seed (:class:`PriorSettings`).
+        device, progress: where the network runs; progress bars.
+    """
+    if mode not in PRIOR_MODES:
+        raise ValueError(f"prior must be one of {PRIOR_MODES}, got {mode!r}.")
+    axis = thick_axis(forward.spacing)
+    if mode == "none" or axis is None:
+        if mode == "auto":
+            logger.info(f"prior: none (no thick axis in spacing {[round(s, 3) for s in forward.spacing]})")
+        return None
+    target = None
+    if target_spacing is not None:
+        values = np.asarray(target_spacing, dtype=np.float64).reshape(-1)
+        if values.size not in (1, 3) or not np.all(np.isfinite(values)) or np.any(values <= 0):
+            raise ValueError(f"prior_spacing must be one positive number or three (mm), got {target_spacing!r}.")
+        target = float(values[axis] if values.size == 3 else values[0])
+    settings = PriorSettings(steps=int(steps), seed=int(seed))
+    return SlicePrior(forward.spacing, forward.profiles[axis], forward.widths[axis], target, settings, device, progress)
+
+
+def describe(prior: SlicePrior | None) -> dict[str, Any] | str:
+    """The prior's settings as JSON (for the checkpoint's settings, ``fit.json`` and the tracking params)."""
+    if prior is None:
+        return "none"
+    st = prior.settings
+    return {
+        "kind": "slices",
+        "axis": prior.axis,
+        "profile": prior.profile,
+        "width_mm": round(prior.width, 4),
+        "target_spacing_mm": round(prior.target_spacing, 4),
+        "steps": st.steps,
+        "batch_size": st.batch_size,
+        "patch": st.patch,
+        "channels": st.channels,
+        "layers": st.layers,
+        "learning_rate": st.learning_rate,
+        "covariance_width": st.covariance_width,
+        "start": st.start,
+        "seed": st.seed,
+    }
+
+
+def run_prior(prior: SlicePrior | None, image: torch.Tensor, save_dir: str | None = None) -> PriorResult | None:
+    """Run ``prior`` on the training image ``(1, X, Y, Z)``, or reuse ``save_dir/prior.pt`` written by an earlier
+    run of the same prior on the same volume (a resumed fit does not train it again). ``None`` for no prior."""
+    if prior is None:
+        return None
+    from .utils import atomic_path
+
+    vol = image[0].detach().float().cpu()
+    key = {"settings": describe(prior), "shape": list(vol.shape), "checksum": float(vol.double().sum())}
+    path = None if save_dir is None else Path(save_dir) / PRIOR_FILE
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if saved.get("key") == key:
+            logger.info(f"prior: reusing {path}")
+            return saved["result"]
+    result = prior.run(vol)
+    if path is not None:
+        with atomic_path(path) as tmp:
+            torch.save({"key": key, "result": result}, tmp)
+    return result
+
+
+def field_grid(result: PriorResult | None) -> dict[str, list[float]]:
+    """``origin`` and ``step`` per axis (LR voxels) of the grid field's samples: the prior's output grid along the
+    thick axis, the LR voxels elsewhere (also without a prior)."""
+    origin, step = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    if result is not None:
+        origin[result.grid.axis], step[result.grid.axis] = result.grid.origin, result.grid.step
+    return {"origin": origin, "step": step}
+
+
+def render_forward(forward: Any, result: PriorResult | None) -> Any:
+    """The forward model the field is fitted through: with a prior, ``r`` samples across a thick box or Gaussian
+    voxel (on the output grid, where the fused volume is exactly consistent); else ``forward`` unchanged."""
+    if result is None or forward.profiles[result.grid.axis] == "point":
+        return forward
+    samples = list(forward.samples)
+    samples[result.grid.axis] = result.grid.subdivision
+    return replace(forward, samples=tuple(samples))

@@ -1,0 +1,123 @@
+"""The thick-slice prior inside a fit: it runs by default on a thick-slice scan, the field holds its output grid,
+the choice is recorded, a resumed fit reuses it, and the model renders through the inference config."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from cunerf_monai.cli import Commands, model_overrides
+from cunerf_monai.fitting import fit
+from cunerf_monai.slice_prior import PRIOR_FILE
+
+SHORT = {"num_iterations": 2, "epoch_length": 2, "batch_size": 256, "chunk_size": 4096, "progress": False,
+         "prior_steps": 4, "forward_model": ["point", "point", "box"]}
+
+
+@pytest.fixture(scope="module")
+def thick_scan(tmp_path_factory):
+    """A 24 × 20 × 6 volume of 1 × 1 × 4 mm voxels with sharp in-plane edges."""
+    path = tmp_path_factory.mktemp("thick") / "thick.nii.gz"
+    i, j, k = np.meshgrid(np.arange(24), np.arange(20), np.arange(6), indexing="ij")
+    vol = 100.0 + 50.0 * ((i - 12) ** 2 + (j - 10) ** 2 < (20 + 6 * k)) + 5.0 * np.sin(i / 2.0)
+    nib.save(nib.Nifti1Image(vol.astype(np.float32), np.diag([1.0, 1.0, 4.0, 1.0])), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(thick_scan, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fit")
+    return fit(thick_scan, out / "run", dict(SHORT)), out
+
+
+def test_prior_runs_by_default_and_the_field_holds_its_output_grid(fitted):
+    result, _ = fitted
+    assert result.prior is not None and result.prior["axis"] == 2
+    assert result.prior["grid"]["subdivision"] == 4  # 4 mm slices at the 1 mm in-plane spacing
+    samples = result.network.coarse.samples
+    assert tuple(samples.shape) == (24, 20, 24)
+    # the samples are the fused volume, and it reproduces the LR: each LR voxel is the mean of its 4 sub-slabs
+    lr = result.workflow.parser.get_parsed_content("train#image")[0]
+    means = samples.detach().reshape(24, 20, 6, 4).mean(-1)
+    assert float((means - lr).abs().max()) < 1e-3
+    assert result.prior["consistency_psnr_db"] >= 45.0
+
+
+def test_the_field_renders_lr_voxel_centres_on_its_fine_grid(fitted):
+    """Field coordinates map onto the fine grid: at the sub-slab centres the field returns the fused samples."""
+    result, _ = fitted
+    geometry = result.record.geometry
+    field = result.network.coarse
+    k = np.arange(24, dtype=np.float64)
+    lr_index = np.stack([np.full_like(k, 5.0), np.full_like(k, 7.0), (k - 1.5) / 4.0], axis=-1)
+    points = torch.as_tensor(geometry.index_to_field(lr_index)).float()
+    with torch.no_grad():
+        values = field(points)[..., 0]
+    torch.testing.assert_close(values, field.samples.detach()[5, 7], atol=1e-4, rtol=0)
+
+
+def test_prior_choice_is_recorded_in_fit_json_and_checkpoint(fitted, thick_scan):
+    from cunerf_monai.modeldir import save_model_dir
+
+    result, out = fitted
+    info = save_model_dir(out / "model", result, thick_scan, [], dict(SHORT))
+    assert json.loads((out / "model" / "fit.json").read_text())["prior"] == info["prior"] == result.prior
+    ckpt = torch.load(result.checkpoint, map_location="cpu", weights_only=False)
+    assert ckpt["settings"]["prior"]["kind"] == "slices" and ckpt["settings"]["prior"]["steps"] == 4
+
+
+def test_model_renders_through_the_inference_config(fitted, thick_scan, tmp_path):
+    from cunerf_monai.modeldir import save_model_dir
+
+    result, out = fitted
+    save_model_dir(tmp_path / "model", result, thick_scan, [], dict(SHORT))
+    # a reference grid on the prior's sub-slabs: output slice j at LR slice (j − 1.5) / 4
+    sub = np.eye(4)
+    sub[2, 2], sub[2, 3] = 0.25, -1.5 / 4.0
+    reference = tmp_path / "grid.nii.gz"
+    lr_affine = nib.load(str(thick_scan)).affine
+    nib.save(nib.Nifti1Image(np.zeros((24, 20, 24), np.float32), lr_affine @ sub), str(reference))
+    path = Commands().render(str(tmp_path / "model"), out=str(tmp_path / "sr.nii.gz"), reference=str(reference))
+    img = nib.load(path)
+    assert img.shape == (24, 20, 24)
+    np.testing.assert_allclose(np.sqrt((img.affine[:3, :3] ** 2).sum(0)), [1.0, 1.0, 1.0], atol=1e-6)
+    # rendered on the prior's own grid, the output is the fused volume (in the input's intensity units, clipped to
+    # the input's range as every render is)
+    lo, hi = result.record.intensity_range
+    fused = np.clip(result.network.coarse.samples.detach().numpy(), 0.0, 1.0) * (hi - lo) + lo
+    np.testing.assert_allclose(np.asarray(img.dataobj, dtype=np.float64), fused, atol=2e-3 * (hi - lo))
+
+
+def test_resumed_fit_reuses_the_stored_prior(thick_scan, tmp_path):
+    first = fit(thick_scan, tmp_path / "run", dict(SHORT))
+    stored = tmp_path / "run" / "checkpoints" / PRIOR_FILE
+    written = stored.stat().st_mtime_ns
+    again = fit(thick_scan, tmp_path / "run", dict(SHORT, num_iterations=4))  # resumes: same prior, more steps
+    assert stored.stat().st_mtime_ns == written
+    assert again.prior["seconds"] == first.prior["seconds"]  # the stored stage times: it was not trained again
+    assert again.network.coarse.samples.shape == first.network.coarse.samples.shape
+    # another prior setting trains a new one
+    other = fit(thick_scan, tmp_path / "other", dict(SHORT, prior_steps=5))
+    assert other.prior["steps"] == 5
+
+
+def test_prior_none_keeps_the_field_on_the_lr_grid(thick_scan, tmp_path):
+    result = fit(thick_scan, tmp_path / "run", dict(SHORT, prior="none"))
+    assert result.prior is None and tuple(result.network.coarse.samples.shape) == (24, 20, 6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"prior": "always"}, "prior must be one of"), ({"prior_spacing": -1}, "prior_spacing must be a positive")],
+)
+def test_bad_prior_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        model_overrides(**kwargs)
+
+
+def test_prior_overrides_pass_through():
+    assert model_overrides(prior="none", prior_spacing=2) == {"prior": "none", "prior_spacing": 2.0}
