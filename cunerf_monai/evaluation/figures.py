@@ -27,7 +27,7 @@ from ..utils import atomic_path
 from .arrays import as_volume
 from .metrics import PLANE_AXES
 
-__all__ = ["comparison_figure", "plot_curve", "take_slice", "slice_psnr", "MAX_IMAGE_COLUMNS"]
+__all__ = ["comparison_figure", "plot_curve", "take_slice", "slice_psnr", "uncertainty_figure", "MAX_IMAGE_COLUMNS"]
 
 #: soft limit on the number of image columns (LR + methods + reference) of :func:`comparison_figure`.
 MAX_IMAGE_COLUMNS = 6
@@ -286,4 +286,41 @@ def plot_curve(
     ax.grid(True, alpha=0.3)
     if ys_by_label or hlines:
         ax.legend(fontsize=8)
+    return _atomic_savefig(fig, path, dpi)
+
+
+def uncertainty_figure(
+    path,
+    error: np.ndarray,
+    uncertainty: np.ndarray,
+    hr_affine=None,
+    planes: Sequence[str] = ("axial", "coronal", "sagittal"),
+    title: str | None = None,
+    panel_size: float = 2.6,
+    dpi: int = 100,
+) -> str:
+    """Where detail was inferred vs where it is wrong: one row per plane (middle slices), columns ``|error|`` and
+    the uncertainty map, both ``(X, Y, Z)`` on one grid, each column on its own ``inferno`` scale (0 to its 99.5th
+    percentile) with a colour bar. Written atomically; returns ``path``."""
+    error, uncertainty = _vol(error, "error"), _vol(uncertainty, "uncertainty")
+    if error.shape != uncertainty.shape:
+        raise ValueError(f"error {error.shape} and uncertainty {uncertainty.shape} must share one grid.")
+    sp = _spacing(hr_affine, None)
+    fig = Figure(figsize=(2 * panel_size + 1.0, len(planes) * panel_size), layout="constrained")
+    axes = np.asarray(fig.subplots(len(planes), 2, squeeze=False))
+    columns = (("|error|", error), ("uncertainty", uncertainty))
+    tops = [float(np.percentile(v, 99.5)) or 1.0 for _, v in columns]
+    for row, plane in enumerate(planes):
+        ax_h, ax_v = [a for a in range(3) if a != PLANE_AXES[plane]]
+        index = error.shape[PLANE_AXES[plane]] // 2
+        for col, (name, vol) in enumerate(columns):
+            ax = axes[row, col]
+            im = ax.imshow(take_slice(vol, plane, index).T, cmap=colormaps["inferno"], vmin=0.0, vmax=tops[col],
+                           origin="lower", aspect=sp[ax_v] / sp[ax_h], interpolation="nearest")
+            ax.set_title(f"{name} ({plane})", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            fig.colorbar(im, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return _atomic_savefig(fig, path, dpi)

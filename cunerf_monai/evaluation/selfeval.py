@@ -19,7 +19,8 @@ from ..io import load_normalized, save_nifti
 from ..transforms.array import SimulateLowResolution, degradation_factors, denormalize_intensity
 from ..utils import atomic_path, write_json
 from .baselines import MISALIGNED_KEY, run_baselines
-from .figures import comparison_figure
+from ..slice_prior import UNCERTAINTY_FILE, render_uncertainty
+from .figures import comparison_figure, uncertainty_figure
 from .metrics import foreground_mask, format_table, psnr, score
 
 __all__ = ["self_evaluate", "machine_description", "OURS", "OURS_COARSE"]
@@ -111,6 +112,7 @@ def self_evaluate(
     sr_np = np.asarray(denormalize_intensity(sr, fitted.record.intensity_range).numpy(), dtype=np.float32)
     if save_volumes:
         save_nifti(out / "sr.nii.gz", sr_np, hr_affine)
+    uncertainty = render_uncertainty(fitted.checkpoint, fitted.network, fitted.inferer, fitted.record, grid)
 
     predictions = run_baselines(lr_np, lr_affine, hr_np.shape, hr_affine, include_misaligned=True)
     predictions[OURS] = sr_np
@@ -145,6 +147,7 @@ def self_evaluate(
         "margin_psnr_db": results[OURS]["psnr"] - results[best]["psnr"],
         "margin_ssim": results[OURS]["ssim"] - results[best]["ssim"],
         "data_consistency_psnr_db": consistency,
+        "uncertainty": None if uncertainty is None else uncertainty_summary(uncertainty.numpy(), np.clip(sr_np, 0.0, 1.0) - hr_np, mask),
         "budget": budget,
         "forward_model": fitted.forward_model,
         "prior": fitted.prior,
@@ -171,5 +174,26 @@ def self_evaluate(
         hr_affine=hr_affine,
         title=f"{Path(str(hr_path)).name}: {degradation} ×{'/'.join(str(f) for f in factors)}",
     )
+    if uncertainty is not None:
+        save_nifti(out / UNCERTAINTY_FILE, uncertainty, hr_affine)
+        uncertainty_figure(out / "uncertainty.png", np.abs(np.clip(sr_np, 0.0, 1.0) - hr_np), uncertainty.numpy(),
+                           hr_affine, title="prior: |error| and uncertainty (orientation disagreement)")
     logger.info("\n" + table)
     return metrics
+
+
+def uncertainty_summary(uncertainty: np.ndarray, error: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """How well the uncertainty map ``(X, Y, Z)`` flags the error ``(X, Y, Z)`` inside ``mask``: its mean, the mean
+    ``|error|``, and their Pearson and Spearman (rank) correlations over the masked voxels."""
+    from scipy.stats import pearsonr, spearmanr
+
+    u, e = uncertainty[mask].astype(np.float64), np.abs(error[mask]).astype(np.float64)
+    if u.size < 3 or np.ptp(u) == 0 or np.ptp(e) == 0:
+        return {"mean": float(u.mean()) if u.size else 0.0, "mean_abs_error": float(e.mean()) if e.size else 0.0,
+                "pearson": float("nan"), "spearman": float("nan")}
+    return {
+        "mean": float(u.mean()),
+        "mean_abs_error": float(e.mean()),
+        "pearson": float(pearsonr(u, e)[0]),
+        "spearman": float(spearmanr(u, e)[0]),
+    }

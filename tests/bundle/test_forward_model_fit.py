@@ -78,6 +78,7 @@ def test_self_evaluation_reports_data_consistency(tmp_path, degradation, slice_a
     path = tmp_path / "hr.nii.gz"
     nib.save(nib.Nifti1Image(hr.astype(np.float32), np.eye(4)), str(path))
     metrics = self_evaluate(path, tmp_path / "eval", 2, slice_axis, degradation,
-                            {"num_iterations": 40, "epoch_length": 40, "progress": False}, save_volumes=False)
+                            {"num_iterations": 40, "epoch_length": 40, "progress": False, "prior_steps": 20},
+                            save_volumes=False)
     assert metrics["data_consistency_psnr_db"] > 45.0
     assert metrics["forward_model"]["source"] == "auto"

@@ -121,3 +121,23 @@ def test_bad_prior_settings_are_named(kwargs, message):
 
 def test_prior_overrides_pass_through():
     assert model_overrides(prior="none", prior_spacing=2) == {"prior": "none", "prior_spacing": 2.0}
+
+
+def test_self_evaluation_with_the_prior_writes_uncertainty_and_stays_consistent(tmp_path):
+    from cunerf_monai.evaluation.selfeval import self_evaluate
+    from cunerf_monai.slice_prior import UNCERTAINTY_FILE
+
+    i, j, k = np.meshgrid(np.arange(32), np.arange(30), np.arange(24), indexing="ij")
+    hr = 100 + 60 * ((i - 16) ** 2 + (j - 15) ** 2 + (k - 12) ** 2 < 80) + 20 * np.sin(i / 2.5) * np.cos(k / 3.0)
+    path = tmp_path / "hr.nii.gz"
+    nib.save(nib.Nifti1Image(hr.astype(np.float32), np.eye(4)), str(path))
+    metrics = self_evaluate(path, tmp_path / "eval", 4, 2, "box",
+                            {"num_iterations": 2, "epoch_length": 2, "progress": False, "prior_steps": 10,
+                             "forward_model": ["point", "point", "box"]},
+                            save_volumes=False)
+    assert metrics["prior"]["grid"]["subdivision"] == 4 and metrics["prior"]["grid"]["spacing_mm"] == 1.0
+    assert metrics["data_consistency_psnr_db"] >= 45.0
+    unc = nib.load(str(tmp_path / "eval" / UNCERTAINTY_FILE))
+    assert unc.shape == (32, 30, 24) and np.all(np.asarray(unc.dataobj) >= 0)
+    assert (tmp_path / "eval" / "uncertainty.png").stat().st_size > 1000
+    assert set(metrics["uncertainty"]) == {"mean", "mean_abs_error", "pearson", "spearman"}
