@@ -58,6 +58,8 @@ __all__ = [
     "run_prior",
     "field_grid",
     "render_forward",
+    "field_iterations",
+    "FIELD_ITERATIONS_AFTER_PRIOR",
     "THICK_RATIO",
     "PRIOR_MODES",
     "START_OPERATORS",
@@ -65,7 +67,7 @@ __all__ = [
     "PriorRecord",
     "UNCERTAINTY_FILE",
     "render_uncertainty",
-    "uncertainty_model",
+    "grid_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -514,6 +516,17 @@ def field_grid(result: PriorResult | None) -> dict[str, list[float]]:
     return {"origin": origin, "step": step}
 
 
+#: training iterations of the field after the prior: its fused start already reproduces the LR voxels through the
+#: cube forward model (the loss starts at float precision), so a short run only reports that (one validation round)
+FIELD_ITERATIONS_AFTER_PRIOR = 10
+
+
+def field_iterations(num_iterations: int, result: PriorResult | None) -> int:
+    """Training iterations of the field: ``num_iterations`` without a prior, at most
+    :data:`FIELD_ITERATIONS_AFTER_PRIOR` with one."""
+    return int(num_iterations) if result is None else min(int(num_iterations), FIELD_ITERATIONS_AFTER_PRIOR)
+
+
 def render_forward(forward: Any, result: PriorResult | None) -> Any:
     """The forward model the field is fitted through: with a prior, ``r`` samples across a thick box or Gaussian
     voxel (on the output grid, where the fused volume is exactly consistent); else ``forward`` unchanged."""
@@ -544,17 +557,17 @@ class PriorRecord:
         self.uncertainty = state.get("uncertainty")
 
 
-def uncertainty_model(network: torch.nn.Module, uncertainty: torch.Tensor) -> torch.nn.Module:
-    """A model that renders ``uncertainty`` ``(X, Y, Z')`` like ``network`` renders its grid field's samples: a
-    linear-kernel grid field with the fitted field's grid (LR shape, origin, step)."""
+def grid_model(network: torch.nn.Module, values: torch.Tensor, kernel: str = "linear") -> torch.nn.Module:
+    """A model that renders ``values`` ``(X, Y, Z')`` (the uncertainty map, the proposal …) on the sample grid of
+    ``network``'s grid field (LR shape, origin, step), interpolated with ``kernel``."""
     from .networks import BSplineGridField, CuNeRFModel
 
     fitted = getattr(network, "module", network).coarse
-    if not isinstance(fitted, BSplineGridField) or tuple(fitted.samples.shape) != tuple(uncertainty.shape):
-        raise ValueError("the uncertainty map needs the grid field it was made with (same sample grid).")
-    field = BSplineGridField(tuple(uncertainty.shape), kernel="linear", learnable=False)
+    if not isinstance(fitted, BSplineGridField) or tuple(fitted.samples.shape) != tuple(values.shape):
+        raise ValueError("a map on the prior's grid needs the grid field it was made with (same sample grid).")
+    field = BSplineGridField(tuple(values.shape), kernel=kernel, learnable=False)
     state = {k: v for k, v in fitted.state_dict().items() if k in ("index_scale", "index_shift", "size", "taps")}
-    field.load_state_dict({**field.state_dict(), **state, "samples": uncertainty.float()})
+    field.load_state_dict({**field.state_dict(), **state, "samples": values.float()})
     return CuNeRFModel(field.to(fitted.samples.device), None)
 
 
@@ -572,7 +585,7 @@ def render_uncertainty(
     uncertainty = (ckpt.get("prior") or {}).get("uncertainty")
     if uncertainty is None:
         return None
-    values = inferer.coarse_only().render_grid(uncertainty_model(network, uncertainty), record.geometry, grid)
+    values = inferer.coarse_only().render_grid(grid_model(network, uncertainty), record.geometry, grid)
     values = values.clamp_(min=0.0)
     if original_range:
         lo, hi = record.intensity_range

@@ -19,17 +19,19 @@ from ..io import load_normalized, save_nifti
 from ..transforms.array import SimulateLowResolution, degradation_factors, denormalize_intensity
 from ..utils import atomic_path, write_json
 from .baselines import MISALIGNED_KEY, run_baselines
-from ..slice_prior import UNCERTAINTY_FILE, render_uncertainty
+from ..slice_prior import UNCERTAINTY_FILE, grid_model, render_uncertainty
 from .figures import comparison_figure, uncertainty_figure
 from .metrics import foreground_mask, format_table, psnr, score
 
-__all__ = ["self_evaluate", "machine_description", "OURS", "OURS_COARSE"]
+__all__ = ["self_evaluate", "machine_description", "uncertainty_summary", "OURS", "OURS_COARSE", "OURS_PROPOSAL"]
 
 logger = logging.getLogger(__name__)
 
 OURS = "cunerf"
 #: the coarse network's render alone (scored beside ours when the model renders a fine pass)
 OURS_COARSE = "cunerf_coarse"
+#: the thick-slice prior's proposal alone, before the consistency correction (scored beside ours with a prior)
+OURS_PROPOSAL = "prior_proposal"
 
 
 def machine_description() -> str:
@@ -117,22 +119,28 @@ def self_evaluate(
     predictions = run_baselines(lr_np, lr_affine, hr_np.shape, hr_affine, include_misaligned=True)
     predictions[OURS] = sr_np
     consistency = data_consistency(sr_np, hr, lr_np, factors, degradation)
+    prior = fitted.workflow.parser.get_parsed_content("prior_result") if "prior_result" in fitted.workflow.parser else None
+    if prior is not None:  # the prior alone: its proposal before the consistency correction, on the same grid
+        model = grid_model(fitted.network, prior.proposal, kernel=fitted.network.coarse.kernel)
+        proposal = fitted.inferer.coarse_only().render_grid(model, fitted.record.geometry, grid)
+        predictions[OURS_PROPOSAL] = denormalize_intensity(proposal, fitted.record.intensity_range).numpy()
     if fitted.inferer.num_fine_eval > 0:  # a fine pass: its render is ours; the coarse network's alone beside it
         coarse = fitted.inferer.coarse_only().render_grid(fitted.network, fitted.record.geometry, grid)
         predictions[OURS_COARSE] = denormalize_intensity(coarse, fitted.record.intensity_range).numpy()
     mask = foreground_mask(hr_np)
     results = {name: score(np.clip(pred, 0.0, 1.0), hr_np, mask) for name, pred in predictions.items()}
-    aligned = [k for k in results if k not in (OURS, OURS_COARSE, MISALIGNED_KEY)]
+    aligned = [k for k in results if k not in (OURS, OURS_COARSE, OURS_PROPOSAL, MISALIGNED_KEY)]
     best = max(aligned, key=lambda k: results[k]["psnr"])
     settings = fitted.workflow.parser
     batch_size = int(settings.get_parsed_content("batch_size"))
     budget = {
-        "iterations": int(settings.get_parsed_content("num_iterations")),
+        "iterations": int(settings.get_parsed_content("fit_iterations" if "fit_iterations" in settings else "num_iterations")),
         "batch_size": batch_size,
         "points_per_iteration": batch_size * fitted.inferer.points_per_target(),
         "fit_seconds": round(fitted.seconds, 1),
         "render_seconds": round(render_seconds, 1),
     }
+    budget["peak_rss_mb"] = peak_rss_mb()
     budget["train_points_per_second"] = round(
         budget["iterations"] * budget["points_per_iteration"] / max(fitted.seconds, 1e-9)
     )
@@ -180,6 +188,15 @@ def self_evaluate(
                            hr_affine, title="prior: |error| and uncertainty (orientation disagreement)")
     logger.info("\n" + table)
     return metrics
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB; run one evaluation per process for a per-run figure)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes on macOS, KiB on Linux
 
 
 def uncertainty_summary(uncertainty: np.ndarray, error: np.ndarray, mask: np.ndarray) -> dict[str, float]:

@@ -141,3 +141,6 @@ def test_self_evaluation_with_the_prior_writes_uncertainty_and_stays_consistent(
     assert unc.shape == (32, 30, 24) and np.all(np.asarray(unc.dataobj) >= 0)
     assert (tmp_path / "eval" / "uncertainty.png").stat().st_size > 1000
     assert set(metrics["uncertainty"]) == {"mean", "mean_abs_error", "pearson", "spearman"}
+    # the prior alone (before the correction) is scored beside the result, never as a baseline
+    assert "prior_proposal" in metrics["results"] and metrics["best_aligned_baseline"] != "prior_proposal"
+    assert metrics["budget"]["peak_rss_mb"] > 0
