@@ -240,6 +240,8 @@ class TrackingExtras:
         network, inferer, image: the model, its renderer and the normalised training image ``(1, X, Y, Z)``.
         output_dir: where the picture is written before upload.
         checkpoint: the checkpoint to upload (the last epoch's, written just before).
+        metrics: numbers measured before training to log as metrics (e.g. the thick-slice prior's stage times,
+            training loss and consistency).
     """
 
     def __init__(
@@ -251,8 +253,9 @@ class TrackingExtras:
         image: torch.Tensor,
         output_dir: str,
         checkpoint: str,
+        metrics: Mapping[str, float] | None = None,
     ) -> None:
-        self.trainer, self.params = trainer, dict(params)
+        self.trainer, self.params, self.metrics = trainer, dict(params), dict(metrics or {})
         self.network, self.inferer, self.image = network, inferer, image
         self.output_dir, self.checkpoint = str(output_dir), str(checkpoint)
 
@@ -269,6 +272,8 @@ class TrackingExtras:
         client = handler.client
         for key, value in self.params.items():
             client.log_param(run_id, key, str(value)[:500])
+        for key, value in self.metrics.items():
+            client.log_metric(run_id, key, float(value))
         picture = self.picture(Path(self.output_dir) / "result_slices.png")
         client.log_artifact(run_id, picture, artifact_path="images")
         val_curve = Path(self.output_dir) / "val_psnr.png"

@@ -59,6 +59,7 @@ __all__ = [
     "field_grid",
     "render_forward",
     "field_iterations",
+    "prior_metrics",
     "FIELD_ITERATIONS_AFTER_PRIOR",
     "THICK_RATIO",
     "PRIOR_MODES",
@@ -514,6 +515,17 @@ def field_grid(result: PriorResult | None) -> dict[str, list[float]]:
     if result is not None:
         origin[result.grid.axis], step[result.grid.axis] = result.grid.origin, result.grid.step
     return {"origin": origin, "step": step}
+
+
+def prior_metrics(result: PriorResult | None) -> dict[str, float]:
+    """The prior's numbers for experiment tracking (empty without a prior): stage times (s), final training L1 and
+    the consistency of its output with the LR (dB, capped at 999 for an exact match)."""
+    if result is None:
+        return {}
+    out = {f"prior_seconds_{k}": float(v) for k, v in result.seconds.items()}
+    out["prior_train_l1"] = float(result.train_loss)
+    out["prior_consistency_psnr_db"] = float(min(result.consistency_psnr, 999.0))
+    return out
 
 
 #: training iterations of the field after the prior: its fused start already reproduces the LR voxels through the

@@ -144,3 +144,31 @@ def test_self_evaluation_with_the_prior_writes_uncertainty_and_stays_consistent(
     # the prior alone (before the correction) is scored beside the result, never as a baseline
     assert "prior_proposal" in metrics["results"] and metrics["best_aligned_baseline"] != "prior_proposal"
     assert metrics["budget"]["peak_rss_mb"] > 0
+
+
+def test_bundle_run_tracks_the_prior_in_mlflow(thick_scan, tmp_path):
+    """``monai.bundle run training`` on a thick-slice scan: the prior's settings are an MLflow param, its stage
+    times, loss and consistency MLflow metrics."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
+           str(root / "bundle" / "configs" / "train.json"), "--input_image", str(thick_scan), "--output_dir",
+           str(tmp_path), "--tracking", "mlflow", "--num_iterations", "2", "--epoch_length", "2", "--batch_size", "64",
+           "--prior_steps", "3", "--progress", "False"]
+    env = dict(os.environ, CUNERF_BUNDLE_ROOT=str(root / "bundle"), OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1
+    data = runs[0].data
+    assert "'kind': 'slices'" in data.params["prior"] and "'steps': 3" in data.params["prior"]
+    assert {"prior_train_l1", "prior_consistency_psnr_db", "prior_seconds_train"} <= set(data.metrics)
+    assert data.metrics["prior_consistency_psnr_db"] >= 45.0
