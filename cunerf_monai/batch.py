@@ -142,14 +142,21 @@ def process_volume(
     """Fit one volume, render it at ``scale`` and write ``sr.nii.gz``, ``model.pt`` and ``fit.json`` into
     ``out_dir``. Returns the output paths and shape; raises on failure."""
     from .fitting import fit
+    from .slice_prior import UNCERTAINTY_FILE, write_uncertainty
     from .workflows import render_volume, target_grid
 
     result = fit(path, out_dir / "run", overrides, config_files)
     try:
         grid = target_grid(result.record, scale=scale)
         sr = render_volume(result.network, result.inferer, result.record, out_dir / "sr.nii.gz", grid)
+        uncertainty = write_uncertainty(
+            result.checkpoint, result.network, result.inferer, result.record, grid, out_dir / UNCERTAINTY_FILE
+        )
         save_model_dir(out_dir, result, path, overlays, overrides)
-        return {"output": sr, "model": str(out_dir / "model.pt"), "shape": list(grid.shape)}
+        record = {"output": sr, "model": str(out_dir / "model.pt"), "shape": list(grid.shape)}
+        if uncertainty is not None:
+            record["uncertainty"] = uncertainty
+        return record
     finally:
         del result
 

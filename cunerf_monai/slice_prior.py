@@ -68,6 +68,7 @@ __all__ = [
     "PriorRecord",
     "UNCERTAINTY_FILE",
     "render_uncertainty",
+    "write_uncertainty",
     "grid_model",
 ]
 
@@ -603,3 +604,20 @@ def render_uncertainty(
         lo, hi = record.intensity_range
         values = values * float(hi - lo)  # a spread: scaled, not shifted
     return values
+
+
+def write_uncertainty(
+    checkpoint: Mapping[str, Any] | str | os.PathLike,
+    network: torch.nn.Module,
+    inferer: Any,
+    record: Any,
+    grid: Any,
+    path: str | os.PathLike,
+    original_range: bool = True,
+) -> str | None:
+    """Render the prior's uncertainty on ``grid`` (:func:`render_uncertainty`) and write it as float32 NIfTI at
+    ``path`` (atomically, with the grid's affine); ``None`` and no file for a model fitted without the prior."""
+    from .io import save_nifti
+
+    values = render_uncertainty(checkpoint, network, inferer, record, grid, original_range)
+    return None if values is None else save_nifti(path, values, grid.affine)

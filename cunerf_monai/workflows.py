@@ -16,7 +16,7 @@ from .geometry import TargetGrid, geometry_of, grid_for_scale, grid_for_spacing,
 from .inferers import CuNeRFInferer, field_device
 from .io import load_volume, output_dtype, save_gif, save_nifti, save_png
 from .records import VolumeRecord
-from .slice_prior import UNCERTAINTY_FILE, render_uncertainty
+from .slice_prior import UNCERTAINTY_FILE, write_uncertainty
 from .transforms.array import denormalize_intensity
 from .utils import write_json
 
@@ -259,9 +259,11 @@ class VolumeRenderer:
             "affine": grid.affine.tolist(),
             "dtype": output_dtype(record.dtype if self.original_range else None, self.dtype).name,
         }
-        uncertainty = render_uncertainty(self.checkpoint, self.network, self.inferer, record, grid, self.original_range)
+        uncertainty = write_uncertainty(
+            self.checkpoint, self.network, self.inferer, record, grid, out / UNCERTAINTY_FILE, self.original_range
+        )
         if uncertainty is not None:  # a fit with the thick-slice prior: where its detail was inferred
-            summary["uncertainty"] = save_nifti(out / UNCERTAINTY_FILE, uncertainty, grid.affine)
+            summary["uncertainty"] = uncertainty
         if self.slices is not None:
             slices = dict(self.slices)
             if slices.get("pixel_size") is None:

@@ -90,6 +90,12 @@ def test_model_renders_through_the_inference_config(fitted, thick_scan, tmp_path
     lo, hi = result.record.intensity_range
     fused = np.clip(result.network.coarse.samples.detach().numpy(), 0.0, 1.0) * (hi - lo) + lo
     np.testing.assert_allclose(np.asarray(img.dataobj, dtype=np.float64), fused, atol=2e-3 * (hi - lo))
+    # the uncertainty map is written beside it, on the same grid, in intensity units
+    unc = nib.load(str(tmp_path / "uncertainty.nii.gz"))
+    assert unc.shape == img.shape
+    np.testing.assert_allclose(unc.affine, img.affine, atol=1e-6)
+    expected = result.workflow.parser.get_parsed_content("prior_result").uncertainty.numpy() * (hi - lo)
+    np.testing.assert_allclose(np.asarray(unc.dataobj), expected, atol=1e-3 * (hi - lo))
 
 
 def test_resumed_fit_reuses_the_stored_prior(thick_scan, tmp_path):
