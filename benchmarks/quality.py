@@ -162,6 +162,9 @@ def result_row(name: str, volume: str, degradation: str, m: dict, total: float) 
         "budget": m["budget"],
         "total_seconds": round(total, 1),
         "fitted_forward_model": m.get("forward_model"),
+        "prior": m.get("prior"),  # the thick-slice prior's settings, grid, times (None: the field alone)
+        "proposal_psnr": res.get("prior_proposal", {}).get("psnr"),
+        "data_consistency_psnr": m.get("data_consistency_psnr_db"),
         "machine": m.get("machine"),
     }
 

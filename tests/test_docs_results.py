@@ -37,6 +37,7 @@ def test_quality_table_is_the_stored_runs():
         ("time_to_quality_nearest", RESULTS / "time_to_quality" / "nearest" / "time_to_quality.md"),
         ("time_to_quality_box", RESULTS / "time_to_quality" / "box" / "time_to_quality.md"),
         ("convergence", RESULTS / "convergence" / "convergence.md"),
+        ("prior", RESULTS / "prior.md"),
     ],
 )
 def test_tables_are_the_result_files(name, result):
