@@ -1,0 +1,199 @@
+"""The package's names: the string modes of its settings as :class:`~monai.utils.StrEnum` classes.
+
+A mode is a ``StrEnum``: each member *is* its string (``SamplingMode.CUBE == "cube"``, hashes like it, prints and
+serialises as it), so configs keep their plain strings (``"sampling": "cube"``). Settings are checked with
+MONAI's :func:`~monai.utils.look_up_option` through :func:`check_option`, which names the setting and the bad value.
+This module imports nothing from the package (the core, the engine and the CLI all use it).
+
+Examples::
+
+    >>> check_option("ray", SamplingMode, "sampling") == SamplingMode.RAY == "ray"
+    True
+    >>> check_option("cubes", SamplingMode, "sampling")
+    Traceback (most recent call last):
+    ...
+    ValueError: sampling must be one of ('cube', 'ray'), got 'cubes'. By 'cubes', did you mean 'cube'?
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from monai.utils import StrEnum, look_up_option
+
+__all__ = [
+    "Activation",
+    "AmpDtype",
+    "Baseline",
+    "Boundary",
+    "CubeSampling",
+    "Degradation",
+    "EvalCubeSampling",
+    "FieldPass",
+    "ForwardModelName",
+    "Kernel",
+    "Norm",
+    "OutputDtype",
+    "Plane",
+    "Profile",
+    "SamplingMode",
+    "Weighting",
+    "check_option",
+    "option_names",
+]
+
+
+class _Names(StrEnum):
+    """A ``StrEnum`` whose ``repr`` is the quoted string, so a tuple of members prints like a tuple of strings
+    (``('cube', 'ray')``) in messages."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class SamplingMode(_Names):
+    """Where a target's samples lie: in its cube (CuNeRF) or on a ray through it (the NeRF baseline of Table 3)."""
+
+    CUBE = "cube"
+    RAY = "ray"
+
+
+class Weighting(_Names):
+    """How samples are weighted: isotropic rendering (Eq. 11), NeRF alpha compositing (Eq. 4) or the plain mean."""
+
+    ISOTROPIC = "isotropic"
+    VOLUME = "volume"
+    UNIFORM = "uniform"
+
+
+class Norm(_Names):
+    """Distance of a cube sample from the target: ℓ2 (the paper) or ℓ∞ (Table 4)."""
+
+    L2 = "l2"
+    LINF = "linf"
+
+
+class CubeSampling(_Names):
+    """Training cube samples: random (uniform, Latin-hypercube stratified) or fixed (quasi-Monte Carlo, grid)."""
+
+    UNIFORM = "uniform"
+    STRATIFIED = "stratified"
+    QMC = "qmc"
+    GRID = "grid"
+
+
+class EvalCubeSampling(_Names):
+    """Rendering cube samples: the deterministic, point-symmetric ones."""
+
+    QMC = "qmc"
+    GRID = "grid"
+
+
+class Activation(_Names):
+    """Activation of a field's raw intensity or density output."""
+
+    SIGMOID = "sigmoid"
+    RELU = "relu"
+    SOFTPLUS = "softplus"
+    IDENTITY = "identity"
+
+
+class Profile(_Names):
+    """Footprint of an LR voxel along one axis (the forward model), and the placement of grid samples across it."""
+
+    POINT = "point"
+    BOX = "box"
+    GAUSSIAN = "gaussian"
+
+
+class ForwardModelName(_Names):
+    """A forward-model setting of one axis: decided from the scan (``auto``) or a given :class:`Profile`."""
+
+    AUTO = "auto"
+    POINT = "point"
+    BOX = "box"
+    GAUSSIAN = "gaussian"
+
+
+class Kernel(_Names):
+    """Interpolation kernel of the grid field: cubic B-spline, Keys' cubic convolution or linear."""
+
+    BSPLINE = "bspline"
+    KEYS = "keys"
+    LINEAR = "linear"
+
+
+class Boundary(_Names):
+    """Boundary of the B-spline prior volume: edge voxels repeated, or the volume mirrored."""
+
+    NEAREST = "nearest"
+    MIRROR = "mirror"
+
+
+class FieldPass(_Names):
+    """The field of a :class:`~cunerf_monai.networks.CuNeRFModel` a call evaluates."""
+
+    COARSE = "coarse"
+    FINE = "fine"
+
+
+class Degradation(_Names):
+    """How a simulated LR voxel is made from the HR volume: decimation, box average or Gaussian slice profile."""
+
+    NEAREST = "nearest"
+    BOX = "box"
+    GAUSSIAN = "gaussian"
+
+
+class Baseline(_Names):
+    """The interpolation baselines a fit is compared with."""
+
+    NEAREST = "nearest"
+    TRILINEAR = "trilinear"
+    BSPLINE = "bspline"
+    KEYS = "keys"
+
+
+class Plane(_Names):
+    """Anatomical base planes of slices and per-plane scores (of RAS volumes)."""
+
+    AXIAL = "axial"
+    CORONAL = "coronal"
+    SAGITTAL = "sagittal"
+
+
+class AmpDtype(_Names):
+    """Reduced precision of mixed-precision (amp) field evaluations."""
+
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class OutputDtype(_Names):
+    """The written type of a render: the input's stored integer type, or float32."""
+
+    INPUT = "input"
+    FLOAT32 = "float32"
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def option_names(options: type[StrEnum]) -> tuple[str, ...]:
+    """The plain strings of an enum's members, in order."""
+    return tuple(m.value for m in options)
+
+
+def check_option(value: Any, options: type[E], name: str) -> E:
+    """``value`` as a member of ``options`` (MONAI's :func:`~monai.utils.look_up_option`).
+
+    Raises:
+        ValueError: naming the setting ``name``, the allowed values and the bad value (with MONAI's guess at a
+            misspelling).
+    """
+    try:
+        return look_up_option(value, options)
+    except ValueError as exc:
+        guess = str(exc).splitlines()[0] if "did you mean" in str(exc) else ""
+        message = f"{name} must be one of {option_names(options)}, got {value!r}."
+        raise ValueError(f"{message} {guess}".strip()) from None
