@@ -12,6 +12,7 @@ from monai.engines.utils import PrepareBatch
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from .enums import BatchKeys
 from .geometry import VolumeGeometry, geometry_of
 from .transforms.array import check_volume
 
@@ -99,7 +100,7 @@ class RandomCubeDataset(IterableDataset):
         flat = self._next_voxels(generator)
         index = ((flat.unsqueeze(-1) // self._strides) % self._dims).float()
         centre = index @ self._to_field[:3, :3].T + self._to_field[:3, 3]
-        return {"centre": centre, "target": self.values[flat], "half_extent": self.half_extent}
+        return {BatchKeys.CENTRE: centre, BatchKeys.TARGET: self.values[flat], BatchKeys.HALF_EXTENT: self.half_extent}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.generator is None:
@@ -159,9 +160,9 @@ class SlabDataset(Dataset):
         sl = [slice(None)] * 3
         sl[axis] = slice(start, start + num_slices)
         self.item = {
-            "centre": index[tuple(sl)].reshape(-1, 3).contiguous(),
-            "target": values[tuple(sl)].reshape(-1).contiguous(),
-            "half_extent": torch.as_tensor(geometry.field_per_voxel / 2.0, dtype=torch.float32),
+            BatchKeys.CENTRE: index[tuple(sl)].reshape(-1, 3).contiguous(),
+            BatchKeys.TARGET: values[tuple(sl)].reshape(-1).contiguous(),
+            BatchKeys.HALF_EXTENT: torch.as_tensor(geometry.field_per_voxel / 2.0, dtype=torch.float32),
         }
 
     def __len__(self) -> int:
@@ -206,9 +207,9 @@ class CubePrepareBatch(PrepareBatch):
         non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
-        centre = batchdata["centre"].to(device=device, non_blocking=non_blocking)
-        target = batchdata["target"].to(device=device, non_blocking=non_blocking)
-        half = batchdata["half_extent"].to(device=device, non_blocking=non_blocking)
+        centre = batchdata[BatchKeys.CENTRE].to(device=device, non_blocking=non_blocking)
+        target = batchdata[BatchKeys.TARGET].to(device=device, non_blocking=non_blocking)
+        half = batchdata[BatchKeys.HALF_EXTENT].to(device=device, non_blocking=non_blocking)
         return centre, target, (), {"half_extent": half, "generator": self._generator(centre.device)}
 
     def state_dict(self) -> dict[str, Any]:

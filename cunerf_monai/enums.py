@@ -1,8 +1,10 @@
-"""The package's names: the string modes of its settings as :class:`~monai.utils.StrEnum` classes.
+"""The package's names: the string modes of its settings as :class:`~monai.utils.StrEnum` classes, and the keys
+of its batches and renders as constants.
 
 A mode is a ``StrEnum``: each member *is* its string (``SamplingMode.CUBE == "cube"``, hashes like it, prints and
 serialises as it), so configs keep their plain strings (``"sampling": "cube"``). Settings are checked with
 MONAI's :func:`~monai.utils.look_up_option` through :func:`check_option`, which names the setting and the bad value.
+Keys are plain string constants (dictionaries keyed by them stay plain, also in checkpoints).
 This module imports nothing from the package (the core, the engine and the CLI all use it).
 
 Examples::
@@ -24,6 +26,7 @@ from monai.utils import StrEnum, look_up_option
 __all__ = [
     "Activation",
     "AmpDtype",
+    "BatchKeys",
     "Baseline",
     "Boundary",
     "CubeSampling",
@@ -36,6 +39,7 @@ __all__ = [
     "OutputDtype",
     "Plane",
     "Profile",
+    "RenderKeys",
     "SamplingMode",
     "Weighting",
     "check_option",
@@ -174,6 +178,25 @@ class OutputDtype(_Names):
 
     INPUT = "input"
     FLOAT32 = "float32"
+
+
+class BatchKeys:
+    """Keys of a batch of targets (:class:`~cunerf_monai.data.RandomCubeDataset`,
+    :class:`~cunerf_monai.data.SlabDataset`): target centres in field coordinates ``(B, 3)``, the intensities there
+    ``(B,)`` and the cube half-size in field units ``(3,)``."""
+
+    CENTRE = "centre"
+    TARGET = "target"
+    HALF_EXTENT = "half_extent"
+
+
+class RenderKeys:
+    """Keys of a render of targets (:class:`~cunerf_monai.inferers.CuNeRFInferer`): the coarse and fine passes and
+    the final value (the fine one, or the coarse one without a fine pass)."""
+
+    COARSE = "coarse"
+    FINE = "fine"
+    VALUE = "value"
 
 
 E = TypeVar("E", bound=StrEnum)

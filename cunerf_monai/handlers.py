@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
+from monai.utils import CommonKeys
 
 from .records import VolumeRecord
 
@@ -177,7 +178,8 @@ class NonFiniteLossGuard:
 
     def __call__(self, engine: Engine) -> None:
         out = engine.state.output
-        loss = out[0]["loss"] if isinstance(out, list) else out["loss"] if isinstance(out, dict) else out
+        key = CommonKeys.LOSS
+        loss = out[0][key] if isinstance(out, list) else out[key] if isinstance(out, dict) else out
         value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
         if not math.isfinite(value):
             raise FloatingPointError(

@@ -21,7 +21,17 @@ from monai.inferers import Inferer
 from torch import nn
 
 from . import rendering, sampling
-from .enums import Activation, CubeSampling, EvalCubeSampling, FieldPass, Norm, SamplingMode, Weighting, check_option
+from .enums import (
+    Activation,
+    CubeSampling,
+    EvalCubeSampling,
+    FieldPass,
+    Norm,
+    RenderKeys,
+    SamplingMode,
+    Weighting,
+    check_option,
+)
 from .geometry import ObliquePlane, TargetGrid, VolumeGeometry, voxel_footprint_in_index
 from .sampling import grid_cube_offsets
 
@@ -267,11 +277,11 @@ class CuNeRFInferer(Inferer):
             raise ValueError("CuNeRFInferer needs the cube half-extent (half_extent=...) of the targets.")
         if not network.training:
             value = self.render_points(network, inputs, inputs.shape[0], half_extent, "validating")
-            return {"value": value.to(inputs.device)}
+            return {RenderKeys.VALUE: value.to(inputs.device)}
         out = self.render_targets(
             inputs, network, half_extent, self.num_coarse, self.num_fine, deterministic=False, generator=generator
         )
-        out["value"] = out.get("fine", out["coarse"])
+        out[RenderKeys.VALUE] = out.get(RenderKeys.FINE, out[RenderKeys.COARSE])
         return out
 
     def _draw_coarse(
@@ -365,11 +375,11 @@ class CuNeRFInferer(Inferer):
         coarse_field, fine_field = _fields(network)
         coarse = self._draw_coarse(batch, num_coarse, deterministic, generator, centres.device)
         value_c, weights_c = self._shade(coarse_field, centres, half, coarse, deterministic)
-        out = {"coarse": value_c}
+        out = {RenderKeys.COARSE: value_c}
         if num_fine > 0:
             fine = self._draw_fine(coarse, weights_c.detach(), num_fine, deterministic, generator)
             value_f, _ = self._shade(fine_field, centres, half, coarse.union(fine), deterministic)
-            out["fine"] = value_f
+            out[RenderKeys.FINE] = value_f
         return out
 
     # ------------------------------------------------------------------------------------------------------
@@ -418,7 +428,7 @@ class CuNeRFInferer(Inferer):
                 res = self.render_targets(
                     chunk, network, half, self.num_coarse_eval, self.num_fine_eval, deterministic=True
                 )
-                out[start:stop] = res.get("fine", res["coarse"]).float().cpu()
+                out[start:stop] = res.get(RenderKeys.FINE, res[RenderKeys.COARSE]).float().cpu()
         finally:
             network.train(was_training)
         return out

@@ -53,3 +53,13 @@ def test_plain_strings_and_members_configure_alike():
     assert torch.equal(distance(pts, "linf"), distance(pts, "linf"))
     with pytest.raises(ValueError, match="norm must be one of .* got 'l3'"):
         distance(pts, "l3")
+
+
+def test_batch_and_render_keys_are_the_documented_strings():
+    from cunerf_monai.data import SlabDataset
+    from cunerf_monai.enums import BatchKeys, RenderKeys
+
+    item = SlabDataset(torch.rand(1, 4, 4, 3))[0]
+    assert set(item) == {BatchKeys.CENTRE, BatchKeys.TARGET, BatchKeys.HALF_EXTENT} == {"centre", "target", "half_extent"}
+    assert all(type(k) is str for k in item)
+    assert (RenderKeys.COARSE, RenderKeys.FINE, RenderKeys.VALUE) == ("coarse", "fine", "value")
