@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from monai.inferers import Inferer
 from torch import nn
 
-from . import rendering, sampling
+from . import rendering
 from .enums import (
     Activation,
     CubeSampling,
@@ -33,7 +33,17 @@ from .enums import (
     check_option,
 )
 from .geometry import ObliquePlane, TargetGrid, VolumeGeometry, voxel_footprint_in_index
-from .sampling import grid_cube_offsets
+from .sampling import (
+    cube_offsets,
+    directions,
+    distance,
+    grid_cube_offsets,
+    max_distance,
+    radius_bin_edges,
+    ray_offsets,
+    sample_pdf,
+    shell_bins,
+)
 
 __all__ = ["CuNeRFInferer", "CubeSamples", "field_device", "unwrap_network"]
 
@@ -289,13 +299,13 @@ class CuNeRFInferer(Inferer):
     ) -> CubeSamples:
         """Coarse samples for ``batch`` targets: cube points or ray points, sorted by ``r``."""
         if self.sampling == SamplingMode.RAY:
-            offsets, t, direction = sampling.ray_offsets(batch, n, deterministic, generator, device)
+            offsets, t, direction = ray_offsets(batch, n, deterministic, generator, device)
             return CubeSamples(offsets, t + 1.0, direction)
         mode = self.eval_cube_sampling if deterministic else self.cube_sampling
         counts = _counts_for(self.grid_counts, n)
         profiles = self.grid_profiles if counts is not None else None
-        offsets = sampling.cube_offsets(batch, n, mode, generator, device, counts, profiles)
-        return CubeSamples(offsets, sampling.distance(offsets, self.norm)).sorted()
+        offsets = cube_offsets(batch, n, mode, generator, device, counts, profiles)
+        return CubeSamples(offsets, distance(offsets, self.norm)).sorted()
 
     def _draw_fine(
         self,
@@ -308,17 +318,17 @@ class CuNeRFInferer(Inferer):
         """Hierarchical samples (Eq. 12, 15): radii from the coarse weights' PDF, directions on the sphere."""
         batch, device = coarse.r.shape[0], coarse.r.device
         if self.sampling == SamplingMode.RAY:
-            edges = sampling.radius_bin_edges(coarse.r, 2.0)
-            s = sampling.sample_pdf(edges, weights, n, deterministic, generator)
+            edges = radius_bin_edges(coarse.r, 2.0)
+            s = sample_pdf(edges, weights, n, deterministic, generator)
             return CubeSamples((s - 1.0).unsqueeze(-1) * coarse.direction, s, coarse.direction)
-        r_max = sampling.max_distance(self.norm)
-        edges, weights = sampling.shell_bins(coarse.r, weights, r_max)  # equal radii (mirror pairs) share a bin
+        r_max = max_distance(self.norm)
+        edges, weights = shell_bins(coarse.r, weights, r_max)  # equal radii (mirror pairs) share a bin
         if deterministic:  # centred: ⌊n/2⌋ radii, each at an antipodal pair of directions (+ the centre if n is odd)
-            radii = sampling.sample_pdf(edges, weights, n // 2, True).repeat_interleave(2, dim=-1)
+            radii = sample_pdf(edges, weights, n // 2, True).repeat_interleave(2, dim=-1)
             radii = torch.cat([torch.zeros_like(radii[:, : n % 2]), radii], dim=-1)
         else:
-            radii = sampling.sample_pdf(edges, weights, n, False, generator)
-        dirs = sampling.directions(batch, n, self.norm, deterministic, generator, device)
+            radii = sample_pdf(edges, weights, n, False, generator)
+        dirs = directions(batch, n, self.norm, deterministic, generator, device)
         return CubeSamples(radii.unsqueeze(-1) * dirs, radii)
 
     def _shade(
