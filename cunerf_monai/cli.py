@@ -123,7 +123,7 @@ class Commands:
         """Render the fitted volume on a new grid and write it as NIfTI (affine: where every voxel is, in mm).
 
         Give one of --scale, --spacing or --reference (default --scale 2). This runs the bundle's inference step
-        (``inference.json``'s evaluator) with these settings.
+        (``inference.json``'s renderer) with these settings.
 
         Args:
             model_dir: a model directory from `cunerf fit` (or a checkpoint file).
@@ -151,9 +151,9 @@ class Commands:
             slices=None,
             original_range=not normalized,
             dtype=dtype,
-            **{"evaluator#summary_name": None},
+            **{"renderer#summary_name": None},
         )
-        summary = wf.parser.get_parsed_content("evaluator").run()
+        summary = wf.parser.get_parsed_content("renderer").run()
         spacing_mm = [round(float(s), 4) for s in summary["spacing_mm"]]
         print(f"wrote {summary['volume']}: shape {summary['shape']}, spacing {spacing_mm} mm")
         return summary["volume"]

@@ -78,6 +78,9 @@ def test_inference_writes_x2_nifti_with_correct_affine(trained, tiny_nifti, tmp_
     )
     wf.initialize()
     assert wf.check_properties() == []
+    renderer = wf.parser.get_parsed_content("renderer")
+    assert type(renderer).__name__ == "VolumeRenderer"
+    assert wf.parser.get_parsed_content("evaluator") is renderer  # MONAI's required inference property
     wf.run()
     wf.finalize()
     sr = nib.load(str(out / "sr.nii.gz"))
