@@ -53,30 +53,35 @@ def load_checkpoint(path: str | os.PathLike, network: nn.Module) -> VolumeRecord
     """
     p = Path(path)
     ckpt = _read_checkpoint(p, field_device(network))
-    own = network.state_dict()
+    try:  # the modules' load hooks fill entries older checkpoints lack (a grid field's kernel_id)
+        network.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ValueError(_mismatch(p, network.state_dict(), ckpt, exc)) from None
+    record = VolumeRecord()
+    record.load_state_dict(ckpt["volume"])
+    return record
+
+
+def _mismatch(path: Path, own: dict, ckpt: dict, exc: Exception) -> str:
+    """What differs between a network's state dict and a checkpoint's model that does not load into it."""
     theirs = ckpt["model"]
     missing = sorted(set(own) - set(theirs))
     unexpected = sorted(set(theirs) - set(own))
     wrong = sorted(k for k in set(own) & set(theirs) if tuple(own[k].shape) != tuple(theirs[k].shape))
-    if missing or unexpected or wrong:
-        detail = []
-        if missing:
-            detail.append(f"missing {missing[:4]}{' …' if len(missing) > 4 else ''}")
-        if unexpected:
-            detail.append(f"unexpected {unexpected[:4]}{' …' if len(unexpected) > 4 else ''}")
-        if wrong:
-            detail.append(
-                "shape mismatch " + ", ".join(f"{k}: {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
-            )
-        field = ckpt["volume"].get("field", "?") if isinstance(ckpt["volume"], dict) else "?"
-        raise ValueError(
-            f"{p} was saved from another network or configuration (field {field!r}): {'; '.join(detail)}. "
-            "Use the config the model was fitted with."
+    detail = []
+    if missing:
+        detail.append(f"missing {missing[:4]}{' …' if len(missing) > 4 else ''}")
+    if unexpected:
+        detail.append(f"unexpected {unexpected[:4]}{' …' if len(unexpected) > 4 else ''}")
+    if wrong:
+        detail.append(
+            "shape mismatch " + ", ".join(f"{k}: {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
         )
-    network.load_state_dict(theirs)
-    record = VolumeRecord()
-    record.load_state_dict(ckpt["volume"])
-    return record
+    field = ckpt["volume"].get("field", "?") if isinstance(ckpt["volume"], dict) else "?"
+    return (
+        f"{path} was saved from another network or configuration (field {field!r}): "
+        f"{'; '.join(detail) or str(exc).splitlines()[0]}. Use the config the model was fitted with."
+    )
 
 
 def target_grid(

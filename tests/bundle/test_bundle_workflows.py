@@ -166,3 +166,17 @@ def test_config_override_of_wrong_type_is_named(tiny_nifti, tmp_path, override, 
     chain = _messages_of_failed_run(wf)
     assert any(words in m for m in chain), chain
     assert not (tmp_path / "checkpoints" / "model.pt").exists()
+
+
+def test_shipped_model_loads_into_the_inference_network(tmp_path):
+    """The shipped checkpoint predates the grid field's kernel_id buffer: it loads (as a cubic B-spline field)."""
+    from cunerf_monai.workflows import load_checkpoint
+
+    shipped = ROOT / "bundle" / "models" / "model.pt"
+    assert "coarse.kernel_id" not in torch.load(shipped, map_location="cpu", weights_only=False)["model"]
+    wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="inference",
+                        checkpoint=str(shipped), output_dir=str(tmp_path), device="$torch.device('cpu')")
+    wf.initialize()
+    network = wf.parser.get_parsed_content("network")
+    record = load_checkpoint(shipped, network)
+    assert network.coarse.kernel == "bspline" and tuple(record.geometry.shape) == tuple(network.coarse.shape)
