@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .modeldir import save_model_dir
+from .modeldir import MODEL_FILE, save_model_dir
 from .utils import atomic_path, resolve_overlays, telling_error, write_json
 
 __all__ = ["VOLUME_SUFFIXES", "list_volumes", "volume_names", "partition", "process_volume", "run_batch",
@@ -149,7 +149,7 @@ def process_volume(
         grid = target_grid(result.record, scale=scale)
         sr = render_volume(result.network, result.inferer, result.record, out_dir / "sr.nii.gz", grid)
         save_model_dir(out_dir, result, path, overlays, overrides)
-        return {"output": sr, "model": str(out_dir / "model.pt"), "shape": list(grid.shape)}
+        return {"output": sr, "model": str(out_dir / MODEL_FILE), "shape": list(grid.shape)}
     finally:
         del result
 

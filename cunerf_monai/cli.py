@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import fire
 
-from .modeldir import checkpoint_of, overlays_of, save_model_dir
+from .modeldir import MODEL_FILE, checkpoint_of, overlays_of, save_model_dir
 from .utils import bundle_root, resolve_overlays, sample_volume_path, telling_error
 
 __all__ = ["Commands", "main"]
@@ -107,8 +107,8 @@ class Commands:
         mdir = Path(out)
         result = fit(source, mdir / "run", overrides, train_config_files(overlays))
         save_model_dir(mdir, result, source, overlays, overrides)
-        print(f"fitted in {result.seconds:.0f} s; model: {mdir / 'model.pt'}")
-        return str(mdir / "model.pt")
+        print(f"fitted in {result.seconds:.0f} s; model: {mdir / MODEL_FILE}")
+        return str(mdir / MODEL_FILE)
 
     def render(
         self,
@@ -187,7 +187,8 @@ class Commands:
         Returns:
             the written files.
         """
-        from .workflows import load_checkpoint, render_slices
+        from .checkpoints import load_checkpoint
+        from .workflows import render_slices
 
         wf = _inference_workflow(model_dir)
         network, inferer = wf.parser.get_parsed_content("network"), wf.parser.get_parsed_content("inferer")

@@ -170,7 +170,7 @@ def test_config_override_of_wrong_type_is_named(tiny_nifti, tmp_path, override, 
 
 def test_shipped_model_loads_into_the_inference_network(tmp_path):
     """The shipped checkpoint predates the grid field's kernel_id buffer: it loads (as a cubic B-spline field)."""
-    from cunerf_monai.workflows import load_checkpoint
+    from cunerf_monai.checkpoints import load_checkpoint
 
     shipped = ROOT / "bundle" / "models" / "model.pt"
     assert "coarse.kernel_id" not in torch.load(shipped, map_location="cpu", weights_only=False)["model"]
