@@ -35,6 +35,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from .distributed import launcher_ranks
 from .modeldir import MODEL_FILE, save_model_dir
 from .utils import atomic_path, resolve_overlays, telling_error, write_json
 
@@ -154,11 +155,6 @@ def process_volume(
         del result
 
 
-def _rank_env() -> tuple[int, int, int]:
-    """``(rank, world size, local rank)`` from ``torchrun``'s environment (``0, 1, 0`` without it)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
 def run_batch(
     inputs: Sequence[str],
     out: str | os.PathLike,
@@ -188,7 +184,7 @@ def run_batch(
     """
     from .fitting import fit_overrides, train_config_files
 
-    env_rank, env_world, local_rank = _rank_env()
+    env_rank, env_world, local_rank = launcher_ranks()
     rank = env_rank if rank is None else int(rank)
     world_size = env_world if world_size is None else int(world_size)
     out_dir = Path(out)

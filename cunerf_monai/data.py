@@ -7,16 +7,16 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from ignite.distributed import get_rank as distributed_rank
 from monai.engines.utils import PrepareBatch
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from .distributed import get_rank
 from .enums import BatchKeys
 from .geometry import VolumeGeometry, geometry_of
 from .transforms.array import check_volume
 
-__all__ = ["RandomCubeDataset", "SlabDataset", "CubePrepareBatch", "geometry_of", "distributed_rank"]
+__all__ = ["RandomCubeDataset", "SlabDataset", "CubePrepareBatch", "geometry_of"]
 
 
 class RandomCubeDataset(IterableDataset):
@@ -81,7 +81,7 @@ class RandomCubeDataset(IterableDataset):
     def stream_seed(self) -> int:
         """Seed of this process's and worker's stream."""
         info = get_worker_info()
-        return self.seed + 1000 * distributed_rank() + (info.id if info is not None else 0)
+        return self.seed + 1000 * get_rank() + (info.id if info is not None else 0)
 
     def _next_voxels(self, generator: torch.Generator) -> torch.Tensor:
         """The next ``batch_size`` voxel indices ``(B,)`` of the pass stream (new passes drawn with ``generator``)."""
@@ -194,7 +194,7 @@ class CubePrepareBatch(PrepareBatch):
     def _generator(self, device: torch.device) -> torch.Generator:
         if self.generator is None or self.generator.device != device:
             self.generator = torch.Generator(device=device)
-            self.generator.manual_seed(self.seed + 1000 * distributed_rank())
+            self.generator.manual_seed(self.seed + 1000 * get_rank())
             if self._pending_state is not None:
                 self.generator.set_state(self._pending_state)
                 self._pending_state = None

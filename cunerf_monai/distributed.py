@@ -33,6 +33,7 @@ __all__ = [
     "is_distributed",
     "get_rank",
     "get_world_size",
+    "launcher_ranks",
     "local_rank",
     "local_device",
     "default_backend",
@@ -51,7 +52,7 @@ def is_distributed() -> bool:
 
 def get_rank() -> int:
     """This process's global rank (0 without a process group): Ignite's ``idist.get_rank``, the one rank check of
-    the package (the datasets' random streams use it too)."""
+    the package (handlers, checkpoints and the datasets' random streams use it)."""
     return idist.get_rank()
 
 
@@ -60,9 +61,17 @@ def get_world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def launcher_ranks() -> tuple[int, int, int]:
+    """``(rank, world size, local rank)`` that ``torchrun`` gave this process, from its environment (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``; ``0, 1, 0`` without it): known before any process group exists (the
+    many-volume job shares its volumes by them and forms a group only for its final gather)."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
 def local_rank() -> int:
     """This process's rank on its node (``LOCAL_RANK`` set by ``torchrun``; 0 otherwise)."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return launcher_ranks()[2]
 
 
 def local_device() -> torch.device:

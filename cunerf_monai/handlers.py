@@ -14,15 +14,11 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils import CommonKeys
 
+from .distributed import get_rank
+
 __all__ = ["OutputAsList", "TrackingExtras", "NonFiniteLossGuard", "ValidationCurve"]
 
 logger = logging.getLogger(__name__)
-
-
-def _is_rank0() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
 
 
 class OutputAsList:
@@ -82,7 +78,7 @@ class ValidationCurve:
         if value is None:
             return
         self.history.append((int(self.trainer.state.iteration), float(value)))
-        if _is_rank0():
+        if get_rank() == 0:
             from .evaluation.figures import plot_curve
 
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
@@ -138,7 +134,7 @@ class TrackingExtras:
 
     def __call__(self, engine: Engine) -> None:
         handler = _mlflow_handler(engine)
-        if handler is None or not _is_rank0() or getattr(handler, "cur_run", None) is None:
+        if handler is None or get_rank() != 0 or getattr(handler, "cur_run", None) is None:
             return
         run_id = handler.cur_run.info.run_id
         client = handler.client
