@@ -18,18 +18,21 @@ from typing import Any, Mapping
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver
+from ignite.handlers import Checkpoint
+from ignite.handlers.checkpoint import BaseSaveHandler
 from torch import nn
 
 from .distributed import get_rank, is_distributed
 from .inferers import field_device
 from .records import VolumeRecord
+from .utils import atomic_path
 
 __all__ = [
     "LAST",
     "FINAL",
     "RandomStates",
     "RunSettings",
+    "AtomicSaver",
     "AtomicCheckpoints",
     "resume_training",
     "read_checkpoint",
@@ -103,8 +106,35 @@ class RunSettings:
         ]
 
 
+class AtomicSaver(BaseSaveHandler):
+    """Ignite save handler writing checkpoints into ``save_dir`` with :func:`~cunerf_monai.utils.atomic_path`
+    (temporary file, then rename): the file gets the user's umask like every other output (0644 under umask 022),
+    and only rank 0 writes.
+
+    Ignite's ``Checkpoint`` asks to remove the previous file before it saves the next; a removed name is deleted
+    only after the next save, and not at all when that save rewrites it (``last.pt`` every epoch), so a run killed
+    at any moment leaves its last complete checkpoint in place.
+    """
+
+    def __init__(self, save_dir: str | os.PathLike) -> None:
+        self.save_dir = Path(save_dir)
+        self._stale: set[str] = set()
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if get_rank() != 0:
+            return
+        with atomic_path(self.save_dir / filename) as tmp:
+            torch.save(checkpoint, tmp)
+        for name in self._stale - {filename}:
+            (self.save_dir / name).unlink(missing_ok=True)
+        self._stale.clear()
+
+    def remove(self, filename: str) -> None:
+        self._stale.add(filename)
+
+
 class AtomicCheckpoints:
-    """Save ``to_save`` atomically (temporary file, then rename) as ``last.pt`` every ``every`` epochs and as
+    """Save ``to_save`` atomically (:class:`AtomicSaver`) as ``last.pt`` every ``every`` epochs and as
     ``model.pt`` when training completes. Only rank 0 writes under ``torch.distributed``.
 
     Args:
@@ -118,8 +148,7 @@ class AtomicCheckpoints:
         self.save_dir, self.to_save, self.every, self.final = str(save_dir), dict(to_save), int(every), bool(final)
 
     def _checkpoint(self, name: str) -> Checkpoint:
-        saver = DiskSaver(self.save_dir, atomic=True, create_dir=True, require_empty=False, save_on_rank=0)
-        return Checkpoint(self.to_save, saver, filename_pattern=name, n_saved=1)
+        return Checkpoint(self.to_save, AtomicSaver(self.save_dir), filename_pattern=name, n_saved=1)
 
     def attach(self, engine: Engine) -> None:
         """Register on ``engine``'s epoch and completion events."""
