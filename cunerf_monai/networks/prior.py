@@ -21,24 +21,9 @@ from scipy import ndimage
 from torch import nn
 
 from ..enums import Boundary, check_option
+from .bspline import bspline_fetches
 
 __all__ = ["BSplineVolume", "ResidualField"]
-
-
-def _bspline_fetches(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-axis merged taps of the cubic B-spline at continuous indices ``u``: weights ``g0, g1`` and fetch
-    positions ``h0, h1`` such that ``Σ_k c_k β³(u − k) = g0 · lerp(c, h0) + g1 · lerp(c, h1)``."""
-    i = torch.floor(u)
-    t = u - i
-    t2, t3 = t * t, t * t * t
-    w0 = (1.0 - t) ** 3 / 6.0
-    w1 = (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0
-    w2 = (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0
-    w3 = t3 / 6.0
-    g0, g1 = w0 + w1, w2 + w3
-    h0 = i - 1.0 + w1 / g0
-    h1 = i + 1.0 + w3 / g1
-    return g0, g1, h0, h1
 
 
 class BSplineVolume(nn.Module):
@@ -99,7 +84,7 @@ class BSplineVolume(nn.Module):
         u = points.reshape(-1, 3) * self.index_scale + self.index_shift
         if self.boundary == Boundary.NEAREST:
             u = torch.minimum(torch.maximum(u, torch.zeros_like(u)), self.size - 1.0) + float(self._pad)
-        g0, g1, h0, h1 = _bspline_fetches(u)
+        g0, g1, h0, h1 = bspline_fetches(u)
         # grid_sample (align_corners=True): normalised coordinate of index h is 2 h / (S − 1) − 1; order (z, y, x)
         scale = 2.0 / (self.size + 2.0 * self._pad - 1.0)
         n0, n1 = h0 * scale - 1.0, h1 * scale - 1.0

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..enums import Kernel, option_names
-from .prior import _bspline_fetches
+from .bspline import bspline_fetches as _bspline_fetches
 
 __all__ = ["BSplineGridField", "KERNELS", "bspline_prefilter_taps"]
 
