@@ -58,126 +58,97 @@ class _Names(StrEnum):
 class SamplingMode(_Names):
     """Where a target's samples lie: in its cube (CuNeRF) or on a ray through it (the NeRF baseline of Table 3)."""
 
-    CUBE = "cube"
-    RAY = "ray"
+    CUBE, RAY = "cube", "ray"
 
 
 class Weighting(_Names):
     """How samples are weighted: isotropic rendering (Eq. 11), NeRF alpha compositing (Eq. 4) or the plain mean."""
 
-    ISOTROPIC = "isotropic"
-    VOLUME = "volume"
-    UNIFORM = "uniform"
+    ISOTROPIC, VOLUME, UNIFORM = "isotropic", "volume", "uniform"
 
 
 class Norm(_Names):
     """Distance of a cube sample from the target: ℓ2 (the paper) or ℓ∞ (Table 4)."""
 
-    L2 = "l2"
-    LINF = "linf"
+    L2, LINF = "l2", "linf"
 
 
 class CubeSampling(_Names):
     """Training cube samples: random (uniform, Latin-hypercube stratified) or fixed (quasi-Monte Carlo, grid)."""
 
-    UNIFORM = "uniform"
-    STRATIFIED = "stratified"
-    QMC = "qmc"
-    GRID = "grid"
+    UNIFORM, STRATIFIED, QMC, GRID = "uniform", "stratified", "qmc", "grid"
 
 
 class EvalCubeSampling(_Names):
     """Rendering cube samples: the deterministic, point-symmetric ones."""
 
-    QMC = "qmc"
-    GRID = "grid"
+    QMC, GRID = "qmc", "grid"
 
 
 class Activation(_Names):
     """Activation of a field's raw intensity or density output."""
 
-    SIGMOID = "sigmoid"
-    RELU = "relu"
-    SOFTPLUS = "softplus"
-    IDENTITY = "identity"
+    SIGMOID, RELU, SOFTPLUS, IDENTITY = "sigmoid", "relu", "softplus", "identity"
 
 
 class Profile(_Names):
     """Footprint of an LR voxel along one axis (the forward model), and the placement of grid samples across it."""
 
-    POINT = "point"
-    BOX = "box"
-    GAUSSIAN = "gaussian"
+    POINT, BOX, GAUSSIAN = "point", "box", "gaussian"
 
 
 class ForwardModelName(_Names):
     """A forward-model setting of one axis: decided from the scan (``auto``) or a given :class:`Profile`."""
 
-    AUTO = "auto"
-    POINT = "point"
-    BOX = "box"
-    GAUSSIAN = "gaussian"
+    AUTO, POINT, BOX, GAUSSIAN = "auto", "point", "box", "gaussian"
 
 
 class Kernel(_Names):
     """Interpolation kernel of the grid field: cubic B-spline, Keys' cubic convolution or linear."""
 
-    BSPLINE = "bspline"
-    KEYS = "keys"
-    LINEAR = "linear"
+    BSPLINE, KEYS, LINEAR = "bspline", "keys", "linear"
 
 
 class Boundary(_Names):
     """Boundary of the B-spline prior volume: edge voxels repeated, or the volume mirrored."""
 
-    NEAREST = "nearest"
-    MIRROR = "mirror"
+    NEAREST, MIRROR = "nearest", "mirror"
 
 
 class FieldPass(_Names):
     """The field of a :class:`~cunerf_monai.networks.CuNeRFModel` a call evaluates."""
 
-    COARSE = "coarse"
-    FINE = "fine"
+    COARSE, FINE = "coarse", "fine"
 
 
 class Degradation(_Names):
     """How a simulated LR voxel is made from the HR volume: decimation, box average or Gaussian slice profile."""
 
-    NEAREST = "nearest"
-    BOX = "box"
-    GAUSSIAN = "gaussian"
-
-
-class Baseline(_Names):
-    """The interpolation baselines a fit is compared with."""
-
-    NEAREST = "nearest"
-    TRILINEAR = "trilinear"
-    BSPLINE = "bspline"
-    KEYS = "keys"
+    NEAREST, BOX, GAUSSIAN = "nearest", "box", "gaussian"
 
 
 class Plane(_Names):
     """Anatomical base planes of slices and per-plane scores (of RAS volumes)."""
 
-    AXIAL = "axial"
-    CORONAL = "coronal"
-    SAGITTAL = "sagittal"
+    AXIAL, CORONAL, SAGITTAL = "axial", "coronal", "sagittal"
+
+
+class Baseline(_Names):
+    """The interpolation baselines a fit is compared with."""
+
+    NEAREST, TRILINEAR, BSPLINE, KEYS = "nearest", "trilinear", "bspline", "keys"
 
 
 class AmpDtype(_Names):
     """Reduced precision of mixed-precision (amp) field evaluations."""
 
-    BFLOAT16 = "bfloat16"
-    FLOAT16 = "float16"
+    BFLOAT16, FLOAT16 = "bfloat16", "float16"
 
 
 class OutputDtype(_Names):
     """The written type of a render: the input's stored integer type, or float32."""
 
-    INPUT = "input"
-    FLOAT32 = "float32"
+    INPUT, FLOAT32 = "input", "float32"
 
 
 class BatchKeys:
@@ -185,18 +156,14 @@ class BatchKeys:
     :class:`~cunerf_monai.data.SlabDataset`): target centres in field coordinates ``(B, 3)``, the intensities there
     ``(B,)`` and the cube half-size in field units ``(3,)``."""
 
-    CENTRE = "centre"
-    TARGET = "target"
-    HALF_EXTENT = "half_extent"
+    CENTRE, TARGET, HALF_EXTENT = "centre", "target", "half_extent"
 
 
 class RenderKeys:
     """Keys of a render of targets (:class:`~cunerf_monai.inferers.CuNeRFInferer`): the coarse and fine passes and
     the final value (the fine one, or the coarse one without a fine pass)."""
 
-    COARSE = "coarse"
-    FINE = "fine"
-    VALUE = "value"
+    COARSE, FINE, VALUE = "coarse", "fine", "value"
 
 
 E = TypeVar("E", bound=StrEnum)
