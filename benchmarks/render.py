@@ -29,7 +29,8 @@ def _one(args: argparse.Namespace) -> dict:
 
     from cunerf_monai.evaluation.selfeval import machine_description
     from cunerf_monai.geometry import grid_for_scale, grid_for_shape
-    from cunerf_monai.workflows import load_checkpoint, render_volume
+    from cunerf_monai.checkpoints import load_checkpoint
+    from cunerf_monai.workflows import render_volume
 
     overrides = {"checkpoint": args.checkpoint} if args.checkpoint else {}
     if args.chunk_size:

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cunerf_monai.allocator import retain_freed_memory  # noqa: E402
+from cunerf_monai.enums import BatchKeys  # noqa: E402
 from cunerf_monai.evaluation.selfeval import machine_description  # noqa: E402
 
 CONFIGS = ROOT / "bundle" / "configs"
@@ -62,8 +63,8 @@ def training_step(network, inferer, optimizer, dataset, loss_fn, seed: int = 0):
 
     def step() -> None:
         b = dataset.sample(gen)
-        pred = inferer(b["centre"], network, half_extent=b["half_extent"], generator=gen)
-        loss = loss_fn(pred, b["target"])
+        pred = inferer(b[BatchKeys.CENTRE], network, half_extent=b[BatchKeys.HALF_EXTENT], generator=gen)
+        loss = loss_fn(pred, b[BatchKeys.TARGET])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

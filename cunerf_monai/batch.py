@@ -35,7 +35,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .modeldir import save_model_dir
+from .distributed import launcher_ranks
+from .modeldir import MODEL_FILE, save_model_dir
 from .utils import atomic_path, resolve_overlays, telling_error, write_json
 
 __all__ = ["VOLUME_SUFFIXES", "list_volumes", "volume_names", "partition", "process_volume", "run_batch",
@@ -153,17 +154,12 @@ def process_volume(
             result.checkpoint, result.network, result.inferer, result.record, grid, out_dir / UNCERTAINTY_FILE
         )
         save_model_dir(out_dir, result, path, overlays, overrides)
-        record = {"output": sr, "model": str(out_dir / "model.pt"), "shape": list(grid.shape)}
+        record = {"output": sr, "model": str(out_dir / MODEL_FILE), "shape": list(grid.shape)}
         if uncertainty is not None:
             record["uncertainty"] = uncertainty
         return record
     finally:
         del result
-
-
-def _rank_env() -> tuple[int, int, int]:
-    """``(rank, world size, local rank)`` from ``torchrun``'s environment (``0, 1, 0`` without it)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
 def run_batch(
@@ -195,7 +191,7 @@ def run_batch(
     """
     from .fitting import fit_overrides, train_config_files
 
-    env_rank, env_world, local_rank = _rank_env()
+    env_rank, env_world, local_rank = launcher_ranks()
     rank = env_rank if rank is None else int(rank)
     world_size = env_world if world_size is None else int(world_size)
     out_dir = Path(out)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import fire
 
-from .modeldir import checkpoint_of, overlays_of, save_model_dir
+from .modeldir import MODEL_FILE, checkpoint_of, overlays_of, save_model_dir
 from .utils import bundle_root, resolve_overlays, sample_volume_path, telling_error
 
 __all__ = ["Commands", "main"]
@@ -124,8 +124,8 @@ class Commands:
         mdir = Path(out)
         result = fit(source, mdir / "run", overrides, train_config_files(overlays))
         save_model_dir(mdir, result, source, overlays, overrides)
-        print(f"fitted in {result.seconds:.0f} s; model: {mdir / 'model.pt'}")
-        return str(mdir / "model.pt")
+        print(f"fitted in {result.seconds:.0f} s; model: {mdir / MODEL_FILE}")
+        return str(mdir / MODEL_FILE)
 
     def render(
         self,
@@ -140,7 +140,7 @@ class Commands:
         """Render the fitted volume on a new grid and write it as NIfTI (affine: where every voxel is, in mm).
 
         Give one of --scale, --spacing or --reference (default --scale 2). This runs the bundle's inference step
-        (``inference.json``'s evaluator) with these settings.
+        (``inference.json``'s renderer) with these settings.
 
         Args:
             model_dir: a model directory from `cunerf fit` (or a checkpoint file).
@@ -168,9 +168,9 @@ class Commands:
             slices=None,
             original_range=not normalized,
             dtype=dtype,
-            **{"evaluator#summary_name": None},
+            **{"renderer#summary_name": None},
         )
-        summary = wf.parser.get_parsed_content("evaluator").run()
+        summary = wf.parser.get_parsed_content("renderer").run()
         spacing_mm = [round(float(s), 4) for s in summary["spacing_mm"]]
         print(f"wrote {summary['volume']}: shape {summary['shape']}, spacing {spacing_mm} mm")
         return summary["volume"]
@@ -204,7 +204,8 @@ class Commands:
         Returns:
             the written files.
         """
-        from .workflows import load_checkpoint, render_slices
+        from .checkpoints import load_checkpoint
+        from .workflows import render_slices
 
         wf = _inference_workflow(model_dir)
         network, inferer = wf.parser.get_parsed_content("network"), wf.parser.get_parsed_content("inferer")

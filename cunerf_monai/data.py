@@ -7,15 +7,16 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from ignite.distributed import get_rank as distributed_rank
 from monai.engines.utils import PrepareBatch
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from .distributed import get_rank
+from .enums import BatchKeys
 from .geometry import VolumeGeometry, geometry_of
 from .transforms.array import check_volume
 
-__all__ = ["RandomCubeDataset", "SlabDataset", "CubePrepareBatch", "geometry_of", "distributed_rank"]
+__all__ = ["RandomCubeDataset", "SlabDataset", "CubePrepareBatch", "geometry_of"]
 
 
 class RandomCubeDataset(IterableDataset):
@@ -80,7 +81,7 @@ class RandomCubeDataset(IterableDataset):
     def stream_seed(self) -> int:
         """Seed of this process's and worker's stream."""
         info = get_worker_info()
-        return self.seed + 1000 * distributed_rank() + (info.id if info is not None else 0)
+        return self.seed + 1000 * get_rank() + (info.id if info is not None else 0)
 
     def _next_voxels(self, generator: torch.Generator) -> torch.Tensor:
         """The next ``batch_size`` voxel indices ``(B,)`` of the pass stream (new passes drawn with ``generator``)."""
@@ -99,7 +100,7 @@ class RandomCubeDataset(IterableDataset):
         flat = self._next_voxels(generator)
         index = ((flat.unsqueeze(-1) // self._strides) % self._dims).float()
         centre = index @ self._to_field[:3, :3].T + self._to_field[:3, 3]
-        return {"centre": centre, "target": self.values[flat], "half_extent": self.half_extent}
+        return {BatchKeys.CENTRE: centre, BatchKeys.TARGET: self.values[flat], BatchKeys.HALF_EXTENT: self.half_extent}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.generator is None:
@@ -159,9 +160,9 @@ class SlabDataset(Dataset):
         sl = [slice(None)] * 3
         sl[axis] = slice(start, start + num_slices)
         self.item = {
-            "centre": index[tuple(sl)].reshape(-1, 3).contiguous(),
-            "target": values[tuple(sl)].reshape(-1).contiguous(),
-            "half_extent": torch.as_tensor(geometry.field_per_voxel / 2.0, dtype=torch.float32),
+            BatchKeys.CENTRE: index[tuple(sl)].reshape(-1, 3).contiguous(),
+            BatchKeys.TARGET: values[tuple(sl)].reshape(-1).contiguous(),
+            BatchKeys.HALF_EXTENT: torch.as_tensor(geometry.field_per_voxel / 2.0, dtype=torch.float32),
         }
 
     def __len__(self) -> int:
@@ -193,7 +194,7 @@ class CubePrepareBatch(PrepareBatch):
     def _generator(self, device: torch.device) -> torch.Generator:
         if self.generator is None or self.generator.device != device:
             self.generator = torch.Generator(device=device)
-            self.generator.manual_seed(self.seed + 1000 * distributed_rank())
+            self.generator.manual_seed(self.seed + 1000 * get_rank())
             if self._pending_state is not None:
                 self.generator.set_state(self._pending_state)
                 self._pending_state = None
@@ -206,9 +207,9 @@ class CubePrepareBatch(PrepareBatch):
         non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
-        centre = batchdata["centre"].to(device=device, non_blocking=non_blocking)
-        target = batchdata["target"].to(device=device, non_blocking=non_blocking)
-        half = batchdata["half_extent"].to(device=device, non_blocking=non_blocking)
+        centre = batchdata[BatchKeys.CENTRE].to(device=device, non_blocking=non_blocking)
+        target = batchdata[BatchKeys.TARGET].to(device=device, non_blocking=non_blocking)
+        half = batchdata[BatchKeys.HALF_EXTENT].to(device=device, non_blocking=non_blocking)
         return centre, target, (), {"half_extent": half, "generator": self._generator(centre.device)}
 
     def state_dict(self) -> dict[str, Any]:

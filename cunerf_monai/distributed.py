@@ -4,9 +4,8 @@ The overlay wraps the model in :class:`torch.nn.parallel.DistributedDataParallel
 not cover is collected here:
 
 * :class:`PerRankState`: the random streams (data, cube samples, global RNGs) differ per rank; a checkpoint
-  written by rank 0 holds every rank's stream, and each rank gets its own back on resume.
-* :func:`resume_training`: rank 0 reads ``last.pt`` and broadcasts it, so every rank resumes from the same
-  checkpoint (or none) even when the nodes share no filesystem.
+  written by rank 0 holds every rank's stream, and each rank gets its own back on resume (which
+  :func:`cunerf_monai.checkpoints.resume_training` does on every rank from rank 0's ``last.pt``).
 * :func:`rank0_logging`, :func:`quiet_other_ranks`: ranks other than 0 drop the logging handlers
   (``StatsHandler``, progress bar) and log warnings and errors only.
 
@@ -24,8 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import ignite.distributed as idist
@@ -36,18 +33,16 @@ __all__ = [
     "is_distributed",
     "get_rank",
     "get_world_size",
+    "launcher_ranks",
     "local_rank",
     "local_device",
     "default_backend",
     "PerRankState",
-    "resume_training",
     "rank0_logging",
     "quiet_other_ranks",
 ]
 
 logger = logging.getLogger(__name__)
-
-LAST = "last.pt"
 
 
 def is_distributed() -> bool:
@@ -57,7 +52,7 @@ def is_distributed() -> bool:
 
 def get_rank() -> int:
     """This process's global rank (0 without a process group): Ignite's ``idist.get_rank``, the one rank check of
-    the package (the datasets' random streams use it too)."""
+    the package (handlers, checkpoints and the datasets' random streams use it)."""
     return idist.get_rank()
 
 
@@ -66,9 +61,17 @@ def get_world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def launcher_ranks() -> tuple[int, int, int]:
+    """``(rank, world size, local rank)`` that ``torchrun`` gave this process, from its environment (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``; ``0, 1, 0`` without it): known before any process group exists (the
+    many-volume job shares its volumes by them and forms a group only for its final gather)."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
 def local_rank() -> int:
     """This process's rank on its node (``LOCAL_RANK`` set by ``torchrun``; 0 otherwise)."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return launcher_ranks()[2]
 
 
 def local_device() -> torch.device:
@@ -120,32 +123,6 @@ class PerRankState:
             )
         if rank < len(states) and states[rank] is not None:
             self.obj.load_state_dict(states[rank])
-
-
-def resume_training(save_dir: str, to_load: Mapping[str, Any], record: Any, enabled: bool = True) -> bool:
-    """:func:`cunerf_monai.handlers.resume_training` for every rank from rank 0's ``save_dir/last.pt``.
-
-    Rank 0 reads the file and broadcasts its bytes; every rank loads the same checkpoint (or none), so the ranks
-    never disagree on the iteration to resume from (nodes need not share a filesystem). Without a process group
-    this is the single-process function.
-    """
-    from .handlers import resume_training as resume_local
-
-    if not is_distributed():
-        return resume_local(save_dir, to_load, record, enabled)
-    payload: list[bytes | None] = [None]
-    if get_rank() == 0:
-        path = Path(save_dir) / LAST
-        payload[0] = path.read_bytes() if enabled and path.is_file() else None
-    dist.broadcast_object_list(payload, src=0)
-    if payload[0] is None:
-        return False
-    with tempfile.TemporaryDirectory(prefix="cunerf_resume_") as tmp:
-        (Path(tmp) / LAST).write_bytes(payload[0])
-        resumed = resume_local(tmp, to_load, record, True)
-    if get_rank() == 0:
-        logger.info(f"every rank resumed from rank 0's {Path(save_dir) / LAST}")
-    return resumed
 
 
 def rank0_logging(handlers: Sequence[Any] | None) -> list[Any] | None:

@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 from monai.bundle import ConfigWorkflow
 from torch import nn
 
+from .checkpoints import FINAL
 from .inferers import CuNeRFInferer
 from .records import VolumeRecord
 from .utils import bundle_root, resolve_overlays
@@ -141,7 +142,7 @@ def fit(
         network=workflow.parser.get_parsed_content("network"),
         inferer=workflow.parser.get_parsed_content("inferer"),
         record=workflow.parser.get_parsed_content("volume_record"),
-        checkpoint=str(Path(workflow.parser.get_parsed_content("ckpt_dir")) / "model.pt"),
+        checkpoint=str(Path(workflow.parser.get_parsed_content("ckpt_dir")) / FINAL),
         history=history,
         seconds=seconds,
         workflow=workflow,

@@ -38,6 +38,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .enums import ForwardModelName, Kernel, Profile, option_names
+
 __all__ = [
     "FORWARD_MODELS",
     "KERNELS",
@@ -56,9 +58,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PROFILES = ("point", "box", "gaussian")
-FORWARD_MODELS = ("auto",) + PROFILES
-KERNELS = ("bspline", "keys", "linear")
+PROFILES = option_names(Profile)
+FORWARD_MODELS = option_names(ForwardModelName)
+KERNELS = option_names(Kernel)
 #: a blurring profile must fit the thick axis' spectrum this many times better (log-spectral residual) than a point.
 PROFILE_MARGIN = 2.0
 #: a Gaussian profile must fit this many times better than the best box (it deconvolves more when wrong).

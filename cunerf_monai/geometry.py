@@ -25,6 +25,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .enums import Plane, check_option
+
 __all__ = [
     "VolumeGeometry",
     "TargetGrid",
@@ -319,10 +321,8 @@ def oblique_plane(
         raise ValueError(f"zoom must be positive, got {zoom}.")
     if not np.isfinite(angle) or not np.isfinite(position):
         raise ValueError(f"angle and position must be finite numbers, got {angle}, {position}.")
-    axes_of = {"axial": (0, 1, 2), "coronal": (0, 2, 1), "sagittal": (1, 2, 0)}
-    if plane not in axes_of:
-        raise ValueError(f"plane must be one of {sorted(axes_of)}, got {plane!r}.")
-    a_u, a_v, a_n = axes_of[plane]
+    axes_of = {Plane.AXIAL: (0, 1, 2), Plane.CORONAL: (0, 2, 1), Plane.SAGITTAL: (1, 2, 0)}
+    a_u, a_v, a_n = axes_of[check_option(plane, Plane, "plane")]
     linear = geometry.affine[:3, :3]
     spacing = geometry.spacing
     # unit directions of the voxel axes in world space (orientation frame of the volume)

@@ -1,5 +1,6 @@
-"""Ignite handlers the bundle needs beyond MONAI's: atomic checkpoints with resume, a guard against non-finite
-losses, and a PSNR-vs-iteration plot."""
+"""Ignite handlers the bundle needs beyond MONAI's: the trainer's output as a one-item list, a guard against
+non-finite losses, a PSNR-vs-iteration plot and the MLflow extras. Checkpoints and resuming are in
+:mod:`cunerf_monai.checkpoints`."""
 
 from __future__ import annotations
 
@@ -11,144 +12,13 @@ from typing import Any, Mapping
 
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver
+from monai.utils import CommonKeys
 
-from .records import VolumeRecord
+from .distributed import get_rank
 
-__all__ = ["OutputAsList", "RandomStates", "RunSettings", "TrackingExtras", "AtomicCheckpoints", "NonFiniteLossGuard", "ValidationCurve", "resume_training"]
+__all__ = ["OutputAsList", "TrackingExtras", "NonFiniteLossGuard", "ValidationCurve"]
 
 logger = logging.getLogger(__name__)
-
-LAST = "last.pt"
-FINAL = "model.pt"
-
-
-def _is_rank0() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
-
-
-class RandomStates:
-    """torch's, numpy's and Python's global random states as a checkpointable object, so that a resumed run draws
-    exactly the samples the interrupted one would have drawn."""
-
-    def state_dict(self) -> dict[str, Any]:
-        import random
-
-        import numpy as np
-
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        numpy_state = [name, torch.as_tensor(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
-        # only tensors and plain Python values, so `torch.load(weights_only=True)` can read the checkpoint
-        return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        import random
-
-        import numpy as np
-
-        torch.set_rng_state(state["torch"])
-        name, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
-        random.setstate(tuple(state["python"]))
-
-
-class RunSettings:
-    """The settings that shape a fit (field, batch, learning rate, sampling, loss …) as a checkpointable object.
-
-    Checkpoints carry them, and :func:`resume_training` refuses to continue a run whose settings differ, so rerunning
-    into an old ``output_dir`` with new settings fails clearly instead of silently continuing the old experiment.
-    ``num_iterations`` is deliberately not a setting: a finished run can be extended.
-
-    Args:
-        settings: names and JSON-like values (numbers, strings, lists, dicts, ``None``): the config's one ``settings``
-            dict, and/or keywords.
-    """
-
-    def __init__(self, settings: Mapping[str, Any] | None = None, **more: Any) -> None:
-        import json
-
-        self.settings = json.loads(json.dumps({**dict(settings or {}), **more}, default=str))
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(self.settings)
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Nothing to restore: the comparison happens before loading (:meth:`differences`)."""
-
-    def differences(self, saved: Mapping[str, Any]) -> list[str]:
-        """``"name: saved → current"`` for every setting that differs from ``saved``."""
-        keys = sorted(set(self.settings) | set(saved))
-        return [
-            f"{k}: {saved.get(k, '(unset)')!r} → {self.settings.get(k, '(unset)')!r}"
-            for k in keys
-            if saved.get(k) != self.settings.get(k)
-        ]
-
-
-class AtomicCheckpoints:
-    """Save ``to_save`` atomically (temporary file, then rename) as ``last.pt`` every ``every`` epochs and as
-    ``model.pt`` when training completes. Only rank 0 writes under ``torch.distributed``.
-
-    Args:
-        save_dir: checkpoint folder.
-        to_save: objects with ``state_dict`` (networks, optimizer, scheduler, trainer, volume record, data).
-        every: epochs between ``last.pt`` saves.
-        final: also write ``model.pt`` at the end.
-    """
-
-    def __init__(self, save_dir: str, to_save: Mapping[str, Any], every: int = 1, final: bool = True) -> None:
-        self.save_dir, self.to_save, self.every, self.final = str(save_dir), dict(to_save), int(every), bool(final)
-
-    def _checkpoint(self, name: str) -> Checkpoint:
-        saver = DiskSaver(self.save_dir, atomic=True, create_dir=True, require_empty=False, save_on_rank=0)
-        return Checkpoint(self.to_save, saver, filename_pattern=name, n_saved=1)
-
-    def attach(self, engine: Engine) -> None:
-        """Register on ``engine``'s epoch and completion events."""
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every), self._checkpoint(LAST))
-        if self.final:
-            engine.add_event_handler(Events.COMPLETED, self._checkpoint(FINAL))
-
-
-def resume_training(save_dir: str, to_load: Mapping[str, Any], record: VolumeRecord, enabled: bool = True) -> bool:
-    """Load ``save_dir/last.pt`` into ``to_load`` if it exists (iteration, optimizer, scheduler, random streams).
-
-    Raises:
-        ValueError: the checkpoint belongs to a run on another volume (other shape, affine or range), or to a run
-            with other settings (when ``to_load`` has a :class:`RunSettings` under ``"settings"``).
-    Returns:
-        whether a checkpoint was loaded.
-    """
-    path = Path(save_dir) / LAST
-    if not enabled or not path.is_file():
-        return False
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    mine, theirs = record.state_dict(), ckpt.get("volume", {})
-    if mine.get("geometry") != theirs.get("geometry") or mine.get("intensity_range") != theirs.get("intensity_range"):
-        raise ValueError(
-            f"{path} belongs to a run on another volume ({theirs.get('source', '?')}); use another output_dir, "
-            "or pass --resume False to start over."
-        )
-    settings = to_load.get("settings")
-    if isinstance(settings, RunSettings) and "settings" in ckpt:
-        diffs = settings.differences(ckpt["settings"])
-        if diffs:
-            raise ValueError(
-                f"{path} belongs to a run with other settings ({'; '.join(diffs)}); use a new output_dir for a new "
-                "experiment, or pass --resume False to start this one over."
-            )
-    model = to_load.get("model")
-    if model is not None and "model" in ckpt:
-        model.load_state_dict(ckpt["model"])  # wrapped networks (DDP) accept the plain keys here
-    trainer = to_load.get("trainer")
-    wanted_epochs = getattr(getattr(trainer, "state", None), "max_epochs", None)
-    Checkpoint.load_objects({k: v for k, v in to_load.items() if k != "model" and k in ckpt}, ckpt)
-    if wanted_epochs is not None and wanted_epochs > trainer.state.epoch:
-        trainer.state.max_epochs = wanted_epochs  # a longer num_iterations extends the run
-    logger.info(f"resumed from {path} at iteration {ckpt.get('trainer', {}).get('iteration', '?')}")
-    return True
 
 
 class OutputAsList:
@@ -177,7 +47,8 @@ class NonFiniteLossGuard:
 
     def __call__(self, engine: Engine) -> None:
         out = engine.state.output
-        loss = out[0]["loss"] if isinstance(out, list) else out["loss"] if isinstance(out, dict) else out
+        key = CommonKeys.LOSS
+        loss = out[0][key] if isinstance(out, list) else out[key] if isinstance(out, dict) else out
         value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
         if not math.isfinite(value):
             raise FloatingPointError(
@@ -207,7 +78,7 @@ class ValidationCurve:
         if value is None:
             return
         self.history.append((int(self.trainer.state.iteration), float(value)))
-        if _is_rank0():
+        if get_rank() == 0:
             from .evaluation.figures import plot_curve
 
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
@@ -266,7 +137,7 @@ class TrackingExtras:
 
     def __call__(self, engine: Engine) -> None:
         handler = _mlflow_handler(engine)
-        if handler is None or not _is_rank0() or getattr(handler, "cur_run", None) is None:
+        if handler is None or get_rank() != 0 or getattr(handler, "cur_run", None) is None:
             return
         run_id = handler.cur_run.info.run_id
         client = handler.client

@@ -20,17 +20,38 @@ import torch.nn.functional as F
 from monai.inferers import Inferer
 from torch import nn
 
-from . import rendering, sampling
+from . import rendering
+from .enums import (
+    Activation,
+    CubeSampling,
+    EvalCubeSampling,
+    FieldPass,
+    Norm,
+    RenderKeys,
+    SamplingMode,
+    Weighting,
+    check_option,
+)
 from .geometry import ObliquePlane, TargetGrid, VolumeGeometry, voxel_footprint_in_index
-from .sampling import CUBE_MODES, NORMS, grid_cube_offsets
+from .sampling import (
+    cube_offsets,
+    directions,
+    distance,
+    grid_cube_offsets,
+    max_distance,
+    radius_bin_edges,
+    ray_offsets,
+    sample_pdf,
+    shell_bins,
+)
 
 __all__ = ["CuNeRFInferer", "CubeSamples", "field_device", "unwrap_network"]
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "sigmoid": torch.sigmoid,
-    "relu": torch.relu,
-    "softplus": F.softplus,
-    "identity": lambda x: x,
+    Activation.SIGMOID: torch.sigmoid,
+    Activation.RELU: torch.relu,
+    Activation.SOFTPLUS: F.softplus,
+    Activation.IDENTITY: lambda x: x,
 }
 
 
@@ -55,8 +76,8 @@ def _fields(network: nn.Module) -> tuple[FieldFn, FieldFn]:
         inner = network.module
         if hasattr(inner, "coarse") and hasattr(inner, "fine_field"):
             return (
-                lambda points: network(points, field="coarse", channel_dim=-1),
-                lambda points: network(points, field="fine", channel_dim=-1),
+                lambda points: network(points, field=FieldPass.COARSE, channel_dim=-1),
+                lambda points: network(points, field=FieldPass.FINE, channel_dim=-1),
             )
         return network, network
     return getattr(network, "coarse", network), getattr(network, "fine_field", network)
@@ -93,9 +114,6 @@ class CubeSamples:
         """Both sample sets together, sorted by ``r``."""
         offsets = torch.cat([self.offsets, other.offsets], 1)
         return CubeSamples(offsets, torch.cat([self.r, other.r], 1), self.direction).sorted()
-
-
-WEIGHTINGS = ("isotropic", "volume", "uniform")
 
 
 def _counts_for(grid_counts: tuple[int, int, int] | None, n: int) -> tuple[int, int, int] | None:
@@ -153,40 +171,37 @@ class CuNeRFInferer(Inferer):
         num_fine: int = 128,
         num_coarse_eval: int = 8,
         num_fine_eval: int = 8,
-        sampling: str = "cube",
-        weighting: str = "isotropic",
-        norm: str = "l2",
+        sampling: str = SamplingMode.CUBE,
+        weighting: str = Weighting.ISOTROPIC,
+        norm: str = Norm.L2,
         normalize_weights: bool = True,
-        cube_sampling: str = "stratified",
-        eval_cube_sampling: str = "qmc",
+        cube_sampling: str = CubeSampling.STRATIFIED,
+        eval_cube_sampling: str = EvalCubeSampling.QMC,
         grid_counts: Sequence[int] | None = None,
         grid_profiles: Sequence[str] | None = None,
         render_cube_size: float | None = None,
-        intensity_activation: str = "sigmoid",
-        density_activation: str = "relu",
+        intensity_activation: str = Activation.SIGMOID,
+        density_activation: str = Activation.RELU,
         chunk_size: int = 16384,
         progress: bool = False,
     ) -> None:
         super().__init__()
         if num_coarse < 1 or num_coarse_eval < 1 or num_fine < 0 or num_fine_eval < 0:
             raise ValueError("Sample counts must be positive (fine counts may be 0).")
-        if sampling not in ("cube", "ray"):
-            raise ValueError(f"sampling must be 'cube' or 'ray', got {sampling!r}.")
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
-        if cube_sampling not in CUBE_MODES:
-            raise ValueError(f"cube_sampling must be one of {CUBE_MODES}, got {cube_sampling!r}.")
-        if eval_cube_sampling not in ("qmc", "grid"):
-            raise ValueError(f"eval_cube_sampling must be 'qmc' or 'grid', got {eval_cube_sampling!r}.")
+        sampling = check_option(sampling, SamplingMode, "sampling")
+        weighting = check_option(weighting, Weighting, "weighting")
+        norm = check_option(norm, Norm, "norm")
+        cube_sampling = check_option(cube_sampling, CubeSampling, "cube_sampling")
+        eval_cube_sampling = check_option(eval_cube_sampling, EvalCubeSampling, "eval_cube_sampling")
+        intensity_activation = check_option(intensity_activation, Activation, "intensity_activation")
+        density_activation = check_option(density_activation, Activation, "density_activation")
         if grid_counts is not None:
             grid_counts = tuple(int(c) for c in grid_counts)
             if len(grid_counts) != 3 or min(grid_counts) < 1:
                 raise ValueError(f"grid_counts must be three positive integers (ticks per axis), got {grid_counts}.")
         for name, mode, n in (("cube_sampling", cube_sampling, num_coarse), ("eval_cube_sampling", eval_cube_sampling,
                                                                                num_coarse_eval)):
-            if mode == "grid":
+            if mode == CubeSampling.GRID:
                 try:
                     counts = _counts_for(grid_counts, n)
                     grid_cube_offsets(n, counts=counts, profiles=grid_profiles if counts is not None else None)
@@ -194,9 +209,6 @@ class CuNeRFInferer(Inferer):
                     raise ValueError(f"{name}='grid' with {n} samples (grid_counts={grid_counts}): {exc}") from None
         if render_cube_size is not None and not render_cube_size > 0:
             raise ValueError(f"render_cube_size must be positive or None, got {render_cube_size}.")
-        for name, act in (("intensity_activation", intensity_activation), ("density_activation", density_activation)):
-            if act not in ACTIVATIONS:
-                raise ValueError(f"{name} must be one of {sorted(ACTIVATIONS)}, got {act!r}.")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
         self.num_coarse, self.num_fine = int(num_coarse), int(num_fine)
@@ -231,7 +243,8 @@ class CuNeRFInferer(Inferer):
         training cube sampling: validation then measures how well the fit reproduces its input voxels."""
         twin = copy.copy(self)
         twin.num_coarse_eval, twin.num_fine_eval = self.num_coarse, self.num_fine
-        twin.eval_cube_sampling = "grid" if self.cube_sampling == "grid" else "qmc"
+        grid = self.cube_sampling == CubeSampling.GRID
+        twin.eval_cube_sampling = EvalCubeSampling.GRID if grid else EvalCubeSampling.QMC
         twin.progress = False
         return twin
 
@@ -274,25 +287,25 @@ class CuNeRFInferer(Inferer):
             raise ValueError("CuNeRFInferer needs the cube half-extent (half_extent=...) of the targets.")
         if not network.training:
             value = self.render_points(network, inputs, inputs.shape[0], half_extent, "validating")
-            return {"value": value.to(inputs.device)}
+            return {RenderKeys.VALUE: value.to(inputs.device)}
         out = self.render_targets(
             inputs, network, half_extent, self.num_coarse, self.num_fine, deterministic=False, generator=generator
         )
-        out["value"] = out.get("fine", out["coarse"])
+        out[RenderKeys.VALUE] = out.get(RenderKeys.FINE, out[RenderKeys.COARSE])
         return out
 
     def _draw_coarse(
         self, batch: int, n: int, deterministic: bool, generator: torch.Generator | None, device: torch.device
     ) -> CubeSamples:
         """Coarse samples for ``batch`` targets: cube points or ray points, sorted by ``r``."""
-        if self.sampling == "ray":
-            offsets, t, direction = sampling.ray_offsets(batch, n, deterministic, generator, device)
+        if self.sampling == SamplingMode.RAY:
+            offsets, t, direction = ray_offsets(batch, n, deterministic, generator, device)
             return CubeSamples(offsets, t + 1.0, direction)
         mode = self.eval_cube_sampling if deterministic else self.cube_sampling
         counts = _counts_for(self.grid_counts, n)
         profiles = self.grid_profiles if counts is not None else None
-        offsets = sampling.cube_offsets(batch, n, mode, generator, device, counts, profiles)
-        return CubeSamples(offsets, sampling.distance(offsets, self.norm)).sorted()
+        offsets = cube_offsets(batch, n, mode, generator, device, counts, profiles)
+        return CubeSamples(offsets, distance(offsets, self.norm)).sorted()
 
     def _draw_fine(
         self,
@@ -304,18 +317,18 @@ class CuNeRFInferer(Inferer):
     ) -> CubeSamples:
         """Hierarchical samples (Eq. 12, 15): radii from the coarse weights' PDF, directions on the sphere."""
         batch, device = coarse.r.shape[0], coarse.r.device
-        if self.sampling == "ray":
-            edges = sampling.radius_bin_edges(coarse.r, 2.0)
-            s = sampling.sample_pdf(edges, weights, n, deterministic, generator)
+        if self.sampling == SamplingMode.RAY:
+            edges = radius_bin_edges(coarse.r, 2.0)
+            s = sample_pdf(edges, weights, n, deterministic, generator)
             return CubeSamples((s - 1.0).unsqueeze(-1) * coarse.direction, s, coarse.direction)
-        r_max = sampling.max_distance(self.norm)
-        edges, weights = sampling.shell_bins(coarse.r, weights, r_max)  # equal radii (mirror pairs) share a bin
+        r_max = max_distance(self.norm)
+        edges, weights = shell_bins(coarse.r, weights, r_max)  # equal radii (mirror pairs) share a bin
         if deterministic:  # centred: ⌊n/2⌋ radii, each at an antipodal pair of directions (+ the centre if n is odd)
-            radii = sampling.sample_pdf(edges, weights, n // 2, True).repeat_interleave(2, dim=-1)
+            radii = sample_pdf(edges, weights, n // 2, True).repeat_interleave(2, dim=-1)
             radii = torch.cat([torch.zeros_like(radii[:, : n % 2]), radii], dim=-1)
         else:
-            radii = sampling.sample_pdf(edges, weights, n, False, generator)
-        dirs = sampling.directions(batch, n, self.norm, deterministic, generator, device)
+            radii = sample_pdf(edges, weights, n, False, generator)
+        dirs = directions(batch, n, self.norm, deterministic, generator, device)
         return CubeSamples(radii.unsqueeze(-1) * dirs, radii)
 
     def _shade(
@@ -339,13 +352,13 @@ class CuNeRFInferer(Inferer):
                 raw = field(points)
             raw = raw.float()
         intensity = ACTIVATIONS[self.intensity_activation](raw[..., 0])
-        if self.weighting == "uniform":
+        if self.weighting == Weighting.UNIFORM:
             weights = rendering.uniform_weights(samples.r)
         else:
             sigma = ACTIVATIONS[self.density_activation](raw[..., 1])
-            if self.sampling == "ray" and deterministic:
+            if self.sampling == SamplingMode.RAY and deterministic:
                 weights = rendering.two_way_ray_weights(sigma, samples.r, self.normalize_weights)
-            elif self.sampling == "ray" or self.weighting == "volume":
+            elif self.sampling == SamplingMode.RAY or self.weighting == Weighting.VOLUME:
                 weights = rendering.ray_weights(sigma, samples.r, self.normalize_weights)
             else:
                 weights = rendering.isotropic_weights(sigma, samples.r, self.normalize_weights)
@@ -372,11 +385,11 @@ class CuNeRFInferer(Inferer):
         coarse_field, fine_field = _fields(network)
         coarse = self._draw_coarse(batch, num_coarse, deterministic, generator, centres.device)
         value_c, weights_c = self._shade(coarse_field, centres, half, coarse, deterministic)
-        out = {"coarse": value_c}
+        out = {RenderKeys.COARSE: value_c}
         if num_fine > 0:
             fine = self._draw_fine(coarse, weights_c.detach(), num_fine, deterministic, generator)
             value_f, _ = self._shade(fine_field, centres, half, coarse.union(fine), deterministic)
-            out["fine"] = value_f
+            out[RenderKeys.FINE] = value_f
         return out
 
     # ------------------------------------------------------------------------------------------------------
@@ -425,7 +438,7 @@ class CuNeRFInferer(Inferer):
                 res = self.render_targets(
                     chunk, network, half, self.num_coarse_eval, self.num_fine_eval, deterministic=True
                 )
-                out[start:stop] = res.get("fine", res["coarse"]).float().cpu()
+                out[start:stop] = res.get(RenderKeys.FINE, res[RenderKeys.COARSE]).float().cpu()
         finally:
             network.train(was_training)
         return out

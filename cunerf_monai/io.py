@@ -16,6 +16,7 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage
 from PIL import Image
 
+from .enums import OutputDtype, check_option
 from .transforms.array import NormalizeToUnitRange, check_volume
 from .utils import atomic_path
 
@@ -230,9 +231,9 @@ def load_normalized(path: str | os.PathLike, channel: int | None = None) -> Meta
 def output_dtype(stored: str | None, dtype: str | None = None) -> np.dtype:
     """The type to write a render in: ``dtype="float32"`` on request, else (``None`` or ``"input"``) the input's
     ``stored`` type when it is an integer type, else float32."""
-    if dtype not in (None, "input", "float32"):
-        raise ValueError(f"dtype must be 'input' (the input's stored integer type) or 'float32', got {dtype!r}.")
-    if dtype is None or dtype == "input":
+    if dtype is not None:
+        dtype = check_option(dtype, OutputDtype, "dtype (the input's stored integer type, or float32)")
+    if dtype is None or dtype == OutputDtype.INPUT:
         with_type = np.dtype(stored) if stored else None
         if with_type is not None and np.issubdtype(with_type, np.integer):
             return with_type

@@ -7,16 +7,18 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from .enums import RenderKeys
+
 __all__ = ["AdaptiveRenderingLoss", "RenderingLoss"]
 
 
 def _unpack(pred: Mapping[str, torch.Tensor] | list) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Accept the inferer's ``{"coarse": (B,), "fine": (B,)}`` or a decollated list of such dicts."""
     if isinstance(pred, (list, tuple)):
-        coarse = torch.stack([p["coarse"] for p in pred])
-        fine = torch.stack([p["fine"] for p in pred]) if "fine" in pred[0] else None
+        coarse = torch.stack([p[RenderKeys.COARSE] for p in pred])
+        fine = torch.stack([p[RenderKeys.FINE] for p in pred]) if RenderKeys.FINE in pred[0] else None
         return coarse, fine
-    return pred["coarse"], pred.get("fine")
+    return pred[RenderKeys.COARSE], pred.get(RenderKeys.FINE)
 
 
 def _flatten_target(target: torch.Tensor | list) -> torch.Tensor:

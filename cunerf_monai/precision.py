@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import torch
 
+from .enums import AmpDtype, check_option
+
 __all__ = ["AMP_DTYPES", "autocast_dtype"]
 
-AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+AMP_DTYPES = {AmpDtype.BFLOAT16.value: torch.bfloat16, AmpDtype.FLOAT16.value: torch.float16}
 
 
 def autocast_dtype(device: torch.device | str, amp: bool, dtype: str = "bfloat16") -> torch.dtype | None:
@@ -38,10 +40,9 @@ def autocast_dtype(device: torch.device | str, amp: bool, dtype: str = "bfloat16
     """
     if not amp:
         return None
-    if dtype not in AMP_DTYPES:
-        raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {dtype!r}.")
+    dtype = check_option(dtype, AmpDtype, "amp_dtype")
     device = torch.device(device)
-    if dtype == "float16" and device.type != "cuda":
+    if dtype == AmpDtype.FLOAT16 and device.type != "cuda":
         raise ValueError("amp_dtype 'float16' needs a CUDA device (loss scaling); use 'bfloat16' on the CPU.")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

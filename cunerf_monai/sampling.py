@@ -18,6 +18,8 @@ from typing import Sequence
 
 import torch
 
+from .enums import CubeSampling, Norm, Profile, check_option
+
 __all__ = [
     "uniform_cube_offsets",
     "stratified_cube_offsets",
@@ -36,10 +38,6 @@ __all__ = [
     "sample_pdf",
     "ray_offsets",
 ]
-
-NORMS = ("l2", "linf")
-CUBE_MODES = ("uniform", "stratified", "qmc", "grid")
-
 
 def uniform_cube_offsets(
     batch: int, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
@@ -62,7 +60,6 @@ def stratified_cube_offsets(
     return (strata + jitter) / n * 2.0 - 1.0
 
 
-GRID_PROFILES = ("point", "box", "gaussian")
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
@@ -80,17 +77,16 @@ def profile_ticks(profile: str, k: int) -> torch.Tensor:
     """
     if k < 1:
         raise ValueError(f"A footprint needs at least one sample, got {k}.")
+    profile = check_option(profile, Profile, "grid profile")
     u = (torch.arange(k, dtype=torch.float64) + 0.5) / k
-    if profile == "point":
+    if profile == Profile.POINT:
         if k != 1:
             raise ValueError(f"A point footprint has one sample, got {k}.")
         ticks = torch.zeros(1, dtype=torch.float64)
-    elif profile == "box":
+    elif profile == Profile.BOX:
         ticks = u * 2.0 - 1.0
-    elif profile == "gaussian":
-        ticks = math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0) * (2.0 / _FWHM_PER_SIGMA)
     else:
-        raise ValueError(f"grid profile must be one of {GRID_PROFILES}, got {profile!r}.")
+        ticks = math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0) * (2.0 / _FWHM_PER_SIGMA)
     return ticks.to(torch.float32)
 
 
@@ -118,7 +114,7 @@ def grid_cube_offsets(
     counts = tuple(int(c) for c in counts)
     if len(counts) != 3 or min(counts) < 1 or math.prod(counts) != n:
         raise ValueError(f"Grid counts per axis must be three positive integers with product {n}, got {counts}.")
-    profiles = tuple(profiles) if profiles is not None else ("box",) * 3
+    profiles = tuple(profiles) if profiles is not None else (Profile.BOX,) * 3
     if len(profiles) != 3:
         raise ValueError(f"Grid profiles must be one per axis, got {profiles}.")
     ticks = [profile_ticks(p, k).to(device) for p, k in zip(profiles, counts)]
@@ -157,7 +153,7 @@ def qmc_cube_offsets(n: int, device: torch.device | str | None = None) -> torch.
 def cube_offsets(
     batch: int,
     n: int,
-    mode: str = "stratified",
+    mode: str = CubeSampling.STRATIFIED,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     grid_counts: tuple[int, int, int] | None = None,
@@ -166,33 +162,26 @@ def cube_offsets(
     """Cube samples ``(batch, n, 3)`` by ``mode``: random ``"uniform"`` or ``"stratified"``, or the deterministic
     ``"qmc"`` (any ``n``) or ``"grid"`` (``n`` a perfect cube, or ``grid_counts`` per axis with product ``n``; ticks
     per axis by ``grid_profiles``, see :func:`grid_cube_offsets`)."""
-    if mode == "uniform":
+    mode = check_option(mode, CubeSampling, "cube sampling mode")
+    if mode == CubeSampling.UNIFORM:
         return uniform_cube_offsets(batch, n, generator, device)
-    if mode == "stratified":
+    if mode == CubeSampling.STRATIFIED:
         return stratified_cube_offsets(batch, n, generator, device)
-    if mode == "grid":
+    if mode == CubeSampling.GRID:
         return grid_cube_offsets(n, device, grid_counts, grid_profiles).unsqueeze(0).expand(batch, n, 3)
-    if mode == "qmc":
-        return qmc_cube_offsets(n, device).unsqueeze(0).expand(batch, n, 3)
-    raise ValueError(f"cube sampling mode must be one of {CUBE_MODES}, got {mode!r}.")
+    return qmc_cube_offsets(n, device).unsqueeze(0).expand(batch, n, 3)
 
 
-def distance(offsets: torch.Tensor, norm: str = "l2") -> torch.Tensor:
+def distance(offsets: torch.Tensor, norm: str = Norm.L2) -> torch.Tensor:
     """Distance of local offsets ``(..., 3)`` from the cube centre, ``(...)``: ℓ2 or ℓ∞ (Table 4)."""
-    if norm == "l2":
+    if check_option(norm, Norm, "norm") == Norm.L2:
         return offsets.norm(dim=-1)
-    if norm == "linf":
-        return offsets.abs().amax(dim=-1)
-    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
+    return offsets.abs().amax(dim=-1)
 
 
-def max_distance(norm: str = "l2") -> float:
+def max_distance(norm: str = Norm.L2) -> float:
     """Largest distance a point of the cube ``[-1, 1]^3`` can have: ``√3`` (ℓ2) or ``1`` (ℓ∞)."""
-    if norm == "l2":
-        return math.sqrt(3.0)
-    if norm == "linf":
-        return 1.0
-    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
+    return math.sqrt(3.0) if check_option(norm, Norm, "norm") == Norm.L2 else 1.0
 
 
 def uniform_sphere_directions(
@@ -249,7 +238,7 @@ def antipodal_sphere_directions(n: int, device: torch.device | str | None = None
 def directions(
     batch: int,
     n: int,
-    norm: str = "l2",
+    norm: str = Norm.L2,
     deterministic: bool = False,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
@@ -260,14 +249,13 @@ def directions(
     (``d / ‖d‖_∞``). ``deterministic`` uses antipodal pairs of a Fibonacci lattice (the same for every target,
     :func:`antipodal_sphere_directions`).
     """
+    norm = check_option(norm, Norm, "norm")
     if deterministic:
         d = antipodal_sphere_directions(n, device).unsqueeze(0).expand(batch, n, 3)
     else:
         d = uniform_sphere_directions(batch, n, generator, device)
-    if norm == "linf":
+    if norm == Norm.LINF:
         d = d / d.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12)
-    elif norm != "l2":
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
     return d
 
 

@@ -1,5 +1,6 @@
-"""Rendering workflows shared by the bundle's inference config and the CLI: load a fitted checkpoint, render the
-volume on a target grid (scale, spacing or a reference image) to NIfTI, render oblique slices to PNG and GIF."""
+"""Rendering workflows shared by the bundle's inference config and the CLI: render a fitted volume (loaded with
+:func:`cunerf_monai.checkpoints.load_checkpoint`) on a target grid (scale, spacing or a reference image) to NIfTI,
+render oblique slices to PNG and GIF."""
 
 from __future__ import annotations
 
@@ -9,80 +10,20 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
 from .geometry import TargetGrid, geometry_of, grid_for_scale, grid_for_spacing, oblique_plane
-from .inferers import CuNeRFInferer, field_device
+from .checkpoints import load_checkpoint
+from .inferers import CuNeRFInferer
 from .io import load_volume, output_dtype, save_gif, save_nifti, save_png
 from .records import VolumeRecord
 from .slice_prior import UNCERTAINTY_FILE, write_uncertainty
 from .transforms.array import denormalize_intensity
 from .utils import write_json
 
-__all__ = ["fitted_shape", "load_checkpoint", "target_grid", "render_volume", "render_slices", "VolumeRenderer", "sweep_angles"]
+__all__ = ["target_grid", "render_volume", "render_slices", "VolumeRenderer", "sweep_angles"]
 
 logger = logging.getLogger(__name__)
-
-
-def _read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Read a project checkpoint, with clear errors for a missing or foreign file."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"Checkpoint not found: {p}. Fit a model first (bundle 'training' or 'cunerf fit').")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{p} is not a readable PyTorch checkpoint: {exc}") from exc
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "volume" not in ckpt:
-        keys = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{p} is not a cunerf-monai checkpoint (needs 'model' and 'volume' entries, found {keys}).")
-    return ckpt
-
-
-def fitted_shape(path: str | os.PathLike) -> list[int]:
-    """Sample grid ``[X, Y, Z]`` of a checkpoint's grid field: the fitted volume's voxel shape, or the finer output
-    grid of the thick-slice prior when the field holds one (fields tie their grids to it)."""
-    ckpt = _read_checkpoint(path)
-    samples = ckpt["model"].get("coarse.samples")
-    if samples is not None:
-        return [int(v) for v in samples.shape]
-    return [int(v) for v in ckpt["volume"]["geometry"]["shape"]]
-
-
-def load_checkpoint(path: str | os.PathLike, network: nn.Module) -> VolumeRecord:
-    """Load a fitted model's weights into ``network`` and return the fitted volume's :class:`VolumeRecord`.
-
-    Raises:
-        FileNotFoundError: no checkpoint at ``path`` (never silently renders untrained weights).
-        ValueError: the file is not a checkpoint of this project, or was saved from another network/config.
-    """
-    p = Path(path)
-    ckpt = _read_checkpoint(p, field_device(network))
-    own = network.state_dict()
-    theirs = ckpt["model"]
-    missing = sorted(set(own) - set(theirs))
-    unexpected = sorted(set(theirs) - set(own))
-    wrong = sorted(k for k in set(own) & set(theirs) if tuple(own[k].shape) != tuple(theirs[k].shape))
-    if missing or unexpected or wrong:
-        detail = []
-        if missing:
-            detail.append(f"missing {missing[:4]}{' …' if len(missing) > 4 else ''}")
-        if unexpected:
-            detail.append(f"unexpected {unexpected[:4]}{' …' if len(unexpected) > 4 else ''}")
-        if wrong:
-            detail.append(
-                "shape mismatch " + ", ".join(f"{k}: {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
-            )
-        field = ckpt["volume"].get("field", "?") if isinstance(ckpt["volume"], dict) else "?"
-        raise ValueError(
-            f"{p} was saved from another network or configuration (field {field!r}): {'; '.join(detail)}. "
-            "Use the config the model was fitted with."
-        )
-    network.load_state_dict(theirs)
-    record = VolumeRecord()
-    record.load_state_dict(ckpt["volume"])
-    return record
 
 
 def target_grid(

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
+from ..enums import Baseline, check_option, option_names
 from .arrays import as_volume
 
 __all__ = [
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 #: names of the affine-aligned baselines, in display order.
-BASELINES = ("nearest", "trilinear", "bspline", "keys")
+BASELINES = option_names(Baseline)
 #: key of the misaligned (affine-ignoring) bicubic baseline in :func:`run_baselines`.
 MISALIGNED_KEY = "bicubic_misaligned"
 
@@ -208,10 +209,7 @@ def _apply_separable(vol: np.ndarray, mats: Sequence[np.ndarray | None]) -> np.n
 
 
 def _method_check(method: str) -> str:
-    m = str(method).lower()
-    if m not in BASELINES:
-        raise ValueError(f"method must be one of {BASELINES}, got {method!r}.")
-    return m
+    return check_option(str(method).lower(), Baseline, "method").value
 
 
 def resample_to_grid(lr, lr_affine, out_shape: Sequence[int], out_affine, method: str = "trilinear") -> np.ndarray:

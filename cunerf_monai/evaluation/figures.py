@@ -22,9 +22,10 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .baselines import resample_to_grid
+from ..enums import Plane, check_option
 from ..utils import atomic_path
 from .arrays import as_volume
+from .baselines import resample_to_grid
 from .metrics import PLANE_AXES
 
 __all__ = ["comparison_figure", "plot_curve", "take_slice", "slice_psnr", "uncertainty_figure", "MAX_IMAGE_COLUMNS"]
@@ -50,9 +51,7 @@ def take_slice(vol: np.ndarray, plane: str, index: int) -> np.ndarray:
     Returns:
         2D array, ``(X, Y)``, ``(X, Z)`` or ``(Y, Z)``.
     """
-    if plane not in PLANE_AXES:
-        raise ValueError(f"unknown plane {plane!r}, expected one of {tuple(PLANE_AXES)}.")
-    return np.take(vol, int(index), axis=PLANE_AXES[plane])
+    return np.take(vol, int(index), axis=PLANE_AXES[check_option(plane, Plane, "plane")])
 
 
 def slice_psnr(pred: np.ndarray, target: np.ndarray, data_range: float = 1.0) -> float:
@@ -165,8 +164,7 @@ def comparison_figure(
 
     planes = list(planes)
     for pl in planes:
-        if pl not in PLANE_AXES:
-            raise ValueError(f"unknown plane {pl!r}, expected one of {tuple(PLANE_AXES)}.")
+        check_option(pl, Plane, "plane")
     slice_index = dict(slice_index or {})
     idx = {}
     for pl in planes:

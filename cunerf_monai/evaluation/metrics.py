@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from ..enums import Plane, check_option
 from .arrays import as_volume
 
 __all__ = [
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 #: slice axis of each plane for ``(X, Y, Z)`` volumes.
-PLANE_AXES = {"axial": 2, "coronal": 1, "sagittal": 0}
+PLANE_AXES = {Plane.AXIAL.value: 2, Plane.CORONAL.value: 1, Plane.SAGITTAL.value: 0}
 #: keys returned by :func:`score`, in table order.
 SCORE_KEYS = ("psnr", "ssim", "ssim_axial", "ssim_coronal", "ssim_sagittal", "ssim_3d", "psnr_fg", "ssim_fg")
 
@@ -283,8 +284,7 @@ def ssim(pred, target, mask=None, data_range: float = 1.0, planes: Sequence[str]
     """
     p, t, m = _check_pair(pred, target, mask)
     for pl in planes:
-        if pl not in PLANE_AXES:
-            raise ValueError(f"unknown plane {pl!r}, expected one of {tuple(PLANE_AXES)}.")
+        check_option(pl, Plane, "plane")
     pt, tt = torch.from_numpy(np.ascontiguousarray(p)), torch.from_numpy(np.ascontiguousarray(t))
     mt = torch.from_numpy(np.ascontiguousarray(m)) if m is not None else None
     out: dict[str, float] = {}

@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..enums import FieldPass, check_option
+
 __all__ = ["CuNeRFModel"]
 
 
@@ -53,7 +55,7 @@ class CuNeRFModel(nn.Module):
         """The field used for the hierarchical (fine) pass."""
         return self.fine if self.has_fine else self.coarse
 
-    def forward(self, x: torch.Tensor, field: str = "fine", channel_dim: Optional[int] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, field: str = FieldPass.FINE, channel_dim: Optional[int] = None) -> torch.Tensor:
         """Raw outputs of one field for coordinates ``x``.
 
         Args:
@@ -61,14 +63,13 @@ class CuNeRFModel(nn.Module):
             field: ``"fine"`` (the fine pass's field, :attr:`fine_field`) or ``"coarse"``.
             channel_dim: ``1`` (channel-first grids) or ``-1`` (points ``(..., 3)``); ``None`` uses the model's.
         """
-        if field not in ("fine", "coarse"):
-            raise ValueError(f"field must be 'fine' or 'coarse', got {field!r}.")
+        field = check_option(field, FieldPass, "field")
         layout = self.channel_dim if channel_dim is None else channel_dim
         if layout not in (-1, 1):
             raise ValueError(f"channel_dim must be 1 (channel-first) or -1 (points), got {layout}.")
         if layout == 1:
             x = torch.movedim(x, 1, -1)
-        if field == "coarse" or not self.has_fine:
+        if field == FieldPass.COARSE or not self.has_fine:
             y = self.coarse(x)
         else:
             y = self.fine(x)

@@ -20,23 +20,10 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
+from ..enums import Boundary, check_option
+from .bspline import bspline_fetches
+
 __all__ = ["BSplineVolume", "ResidualField"]
-
-
-def _bspline_fetches(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-axis merged taps of the cubic B-spline at continuous indices ``u``: weights ``g0, g1`` and fetch
-    positions ``h0, h1`` such that ``Σ_k c_k β³(u − k) = g0 · lerp(c, h0) + g1 · lerp(c, h1)``."""
-    i = torch.floor(u)
-    t = u - i
-    t2, t3 = t * t, t * t * t
-    w0 = (1.0 - t) ** 3 / 6.0
-    w1 = (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0
-    w2 = (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0
-    w3 = t3 / 6.0
-    g0, g1 = w0 + w1, w2 + w3
-    h0 = i - 1.0 + w1 / g0
-    h1 = i + 1.0 + w3 / g1
-    return g0, g1, h0, h1
 
 
 class BSplineVolume(nn.Module):
@@ -62,17 +49,15 @@ class BSplineVolume(nn.Module):
         shape: Sequence[int],
         padding: float | Sequence[float] = 1.0,
         volume: np.ndarray | torch.Tensor | None = None,
-        boundary: str = "nearest",
+        boundary: str = Boundary.NEAREST,
     ) -> None:
         super().__init__()
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3 or min(shape) < 2:
             raise ValueError(f"BSplineVolume needs a 3D shape with at least 2 voxels per axis, got {shape}.")
-        if boundary not in ("nearest", "mirror"):
-            raise ValueError(f"boundary must be 'nearest' or 'mirror', got {boundary!r}.")
-        self.boundary = boundary
+        self.boundary = check_option(boundary, Boundary, "boundary").value
         self.shape = shape
-        self._pad = self.edge_pad if boundary == "nearest" else 0
+        self._pad = self.edge_pad if self.boundary == Boundary.NEAREST else 0
         pad = np.broadcast_to(np.asarray(padding, dtype=np.float64), (3,))
         n = np.asarray(shape, dtype=np.float64)
         self.register_buffer("coefficients", torch.zeros(1, 1, *(s + 2 * self._pad for s in shape)))
@@ -87,7 +72,7 @@ class BSplineVolume(nn.Module):
         """Compute the B-spline coefficients of ``volume`` ``(X, Y, Z)`` (or ``(1, X, Y, Z)``)."""
         arr = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
         arr = np.asarray(arr, dtype=np.float64).reshape(self.shape)
-        if self.boundary == "nearest":
+        if self.boundary == Boundary.NEAREST:
             coeff = ndimage.spline_filter(np.pad(arr, self._pad, mode="edge"), order=3, mode="nearest")
         else:
             coeff = ndimage.spline_filter(arr, order=3, mode="mirror")
@@ -97,9 +82,9 @@ class BSplineVolume(nn.Module):
         """Interpolated values ``(...)`` at field coordinates ``(..., 3)``."""
         lead = points.shape[:-1]
         u = points.reshape(-1, 3) * self.index_scale + self.index_shift
-        if self.boundary == "nearest":
+        if self.boundary == Boundary.NEAREST:
             u = torch.minimum(torch.maximum(u, torch.zeros_like(u)), self.size - 1.0) + float(self._pad)
-        g0, g1, h0, h1 = _bspline_fetches(u)
+        g0, g1, h0, h1 = bspline_fetches(u)
         # grid_sample (align_corners=True): normalised coordinate of index h is 2 h / (S − 1) − 1; order (z, y, x)
         scale = 2.0 / (self.size + 2.0 * self._pad - 1.0)
         n0, n1 = h0 * scale - 1.0, h1 * scale - 1.0
@@ -115,7 +100,7 @@ class BSplineVolume(nn.Module):
                     grids.append(torch.stack([z, y, x], dim=-1))
                     weights.append((g0, g1)[a][:, 0] * (g0, g1)[b][:, 1] * (g0, g1)[c][:, 2])
         grid = torch.stack(grids, dim=0).reshape(1, 8, -1, 1, 3)
-        padding_mode = "border" if self.boundary == "nearest" else "reflection"
+        padding_mode = "border" if self.boundary == Boundary.NEAREST else "reflection"
         vals = F.grid_sample(coeff, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
         vals = vals.reshape(8, -1)
         out = (vals * torch.stack(weights, dim=0)).sum(dim=0)
@@ -147,7 +132,7 @@ class ResidualField(nn.Module):
         padding: float | Sequence[float] = 1.0,
         volume: np.ndarray | torch.Tensor | None = None,
         residual_scale: float = 1.0,
-        boundary: str = "nearest",
+        boundary: str = Boundary.NEAREST,
     ) -> None:
         super().__init__()
         self.field = field

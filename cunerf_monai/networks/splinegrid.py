@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .prior import _bspline_fetches
+from ..enums import Kernel, option_names
+from .bspline import bspline_fetches as _bspline_fetches
 
 __all__ = ["BSplineGridField", "KERNELS", "bspline_prefilter_taps"]
 
-KERNELS = ("bspline", "keys", "linear")
+KERNELS = option_names(Kernel)
 
 
 def bspline_prefilter_taps(half_width: int = 4) -> torch.Tensor:

@@ -13,6 +13,7 @@ from monai.transforms import Transform
 from monai.utils import TransformBackends, convert_to_tensor
 from scipy import ndimage
 
+from ..enums import Degradation, check_option, option_names
 from ..geometry import VolumeGeometry
 
 __all__ = [
@@ -26,7 +27,7 @@ __all__ = [
     "DEGRADATIONS",
 ]
 
-DEGRADATIONS = ("nearest", "box", "gaussian")
+DEGRADATIONS = option_names(Degradation)
 INTENSITY_RANGE_KEY = "intensity_range"
 
 
@@ -133,7 +134,7 @@ def lr_affine(hr_affine: np.ndarray, factors: Sequence[int], mode: str) -> np.nd
     """
     f = np.asarray(factors, dtype=np.float64)
     index_map = np.diag(np.append(f, 1.0))
-    if mode != "nearest":
+    if check_option(mode, Degradation, "mode") != Degradation.NEAREST:
         index_map[:3, 3] = (f - 1.0) / 2.0
     return np.asarray(hr_affine, dtype=np.float64) @ index_map
 
@@ -157,11 +158,9 @@ class SimulateLowResolution(Transform):
 
     backend = [TransformBackends.NUMPY]
 
-    def __init__(self, factors: Sequence[int] = (2, 2, 2), mode: str = "nearest") -> None:
+    def __init__(self, factors: Sequence[int] = (2, 2, 2), mode: str = Degradation.NEAREST) -> None:
         self.factors = degradation_factors(factors)
-        if mode not in DEGRADATIONS:
-            raise ValueError(f"mode must be one of {DEGRADATIONS}, got {mode!r}.")
-        self.mode = mode
+        self.mode = check_option(mode, Degradation, "mode").value
 
     def __call__(self, img: NdarrayOrTensor) -> MetaTensor:
         arr = convert_to_tensor(img, track_meta=False).cpu().numpy().astype(np.float32)
@@ -174,9 +173,9 @@ class SimulateLowResolution(Transform):
         for axis, f in enumerate(self.factors, start=1):
             if f == 1:
                 continue
-            if self.mode == "nearest":
+            if self.mode == Degradation.NEAREST:
                 out = np.take(out, np.arange(0, out.shape[axis], f), axis=axis)
-            elif self.mode == "box":
+            elif self.mode == Degradation.BOX:
                 n = out.shape[axis] // f
                 moved = np.moveaxis(out, axis, -1)[..., : n * f]
                 out = np.moveaxis(moved.reshape(*moved.shape[:-1], n, f).mean(-1), -1, axis)

@@ -78,6 +78,9 @@ def test_inference_writes_x2_nifti_with_correct_affine(trained, tiny_nifti, tmp_
     )
     wf.initialize()
     assert wf.check_properties() == []
+    renderer = wf.parser.get_parsed_content("renderer")
+    assert type(renderer).__name__ == "VolumeRenderer"
+    assert wf.parser.get_parsed_content("evaluator") is renderer  # MONAI's required inference property
     wf.run()
     wf.finalize()
     sr = nib.load(str(out / "sr.nii.gz"))
@@ -163,3 +166,17 @@ def test_config_override_of_wrong_type_is_named(tiny_nifti, tmp_path, override, 
     chain = _messages_of_failed_run(wf)
     assert any(words in m for m in chain), chain
     assert not (tmp_path / "checkpoints" / "model.pt").exists()
+
+
+def test_shipped_model_loads_into_the_inference_network(tmp_path):
+    """The shipped checkpoint predates the grid field's kernel_id buffer: it loads (as a cubic B-spline field)."""
+    from cunerf_monai.checkpoints import load_checkpoint
+
+    shipped = ROOT / "bundle" / "models" / "model.pt"
+    assert "coarse.kernel_id" not in torch.load(shipped, map_location="cpu", weights_only=False)["model"]
+    wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="inference",
+                        checkpoint=str(shipped), output_dir=str(tmp_path), device="$torch.device('cpu')")
+    wf.initialize()
+    network = wf.parser.get_parsed_content("network")
+    record = load_checkpoint(shipped, network)
+    assert network.coarse.kernel == "bspline" and tuple(record.geometry.shape) == tuple(network.coarse.shape)

@@ -146,7 +146,7 @@ def test_fit_render_slices_chain(tiny_nifti, tiny_overlay, tmp_path, capsys):
     from cunerf_monai.cli import _inference_workflow
 
     wf = _inference_workflow(str(model), output_dir=str(tmp_path / "bundle"), **{"slices#asteps": 180.0})
-    summary = wf.parser.get_parsed_content("evaluator").run()
+    summary = wf.parser.get_parsed_content("renderer").run()
     assert summary["shape"] == [24, 28, 20] and summary["dtype"] == "int16"
     with Image.open(summary["slices"][0]) as png:
         assert png.size == (int(np.ceil(12 * 1.5 / 0.6 - 1e-6)), int(np.ceil(14 * 1.2 / 0.6 - 1e-6))) == (30, 28)

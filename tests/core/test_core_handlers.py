@@ -1,4 +1,4 @@
-"""Small handlers: the trainer-output wrapper and the run-settings comparison."""
+"""Small handlers: the trainer-output wrapper."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import from_engine
 
-from cunerf_monai.handlers import OutputAsList, RunSettings
+from cunerf_monai.handlers import OutputAsList
 
 
 def test_output_as_list_lets_from_engine_read_the_loss():
@@ -19,11 +19,3 @@ def test_output_as_list_lets_from_engine_read_the_loss():
     assert len(seen) == 2 and all(v is loss for v in seen)
     assert isinstance(engine.state.output, list) and len(engine.state.output) == 1
     assert engine.state.output[0]["pred"].shape == (100_000,)  # nothing decollated or copied
-
-
-def test_run_settings_differences():
-    saved = RunSettings(field="bspline_grid", batch_size=64, cube_size=[1.0, 1.0, 0.001], grid_counts=None).state_dict()
-    same = RunSettings(field="bspline_grid", batch_size=64, cube_size=(1.0, 1.0, 0.001), grid_counts=None)
-    assert same.differences(saved) == []  # tuples and lists are the same JSON value
-    other = RunSettings(field="hashgrid", batch_size=64, cube_size=[1.0, 1.0, 0.001], grid_counts=None, seed=1)
-    assert other.differences(saved) == ["field: 'bspline_grid' → 'hashgrid'", "seed: '(unset)' → 1"]

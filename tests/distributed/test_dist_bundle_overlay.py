@@ -107,7 +107,7 @@ def stop_after_epochs(trainer, epochs):
 
 
 def _probe_overlay(stop_after: int = 0) -> dict:
-    training = json.loads((CONFIGS / "train.json").read_text())["run"]  # the one run body (the overlay swaps resume_run)
+    training = json.loads((CONFIGS / "train.json").read_text())["run"]  # the one run body (resuming broadcasts rank 0's last.pt)
     steps = [
         "$ddp_probe_hooks.audit_writes(@ckpt_dir, @output_dir)",
         *training[:-1],
