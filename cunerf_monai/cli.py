@@ -52,7 +52,7 @@ def model_overrides(
     three), present only when given (the config's own values apply otherwise); checked by
     :mod:`cunerf_monai.forward_model` and :mod:`cunerf_monai.slice_prior`."""
     from .forward_model import FORWARD_MODELS, check_thickness, per_axis_setting
-    from .slice_prior import PRIOR_MODES
+    from .enums import PriorMode, check_option
 
     out: dict[str, Any] = {}
     models = per_axis_setting(_as_list(forward_model), "forward_model", FORWARD_MODELS)
@@ -62,9 +62,7 @@ def model_overrides(
     if thickness is not None:
         out["slice_thickness"] = thickness[0] if len(thickness) == 1 else thickness
     if prior is not None:
-        if prior not in PRIOR_MODES:
-            raise ValueError(f"prior must be one of {PRIOR_MODES}, got {prior!r}.")
-        out["prior"] = prior
+        out["prior"] = str(check_option(prior, PriorMode, "prior"))
     spacing = check_thickness(_floats(prior_spacing, "prior_spacing"), "prior_spacing")
     if spacing is not None:
         out["prior_spacing"] = spacing[0] if len(spacing) == 1 else spacing

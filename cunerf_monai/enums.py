@@ -38,6 +38,8 @@ __all__ = [
     "Norm",
     "OutputDtype",
     "Plane",
+    "PriorMode",
+    "PriorStart",
     "Profile",
     "RenderKeys",
     "SamplingMode",
@@ -107,6 +109,18 @@ class Kernel(_Names):
     """Interpolation kernel of the grid field: cubic B-spline, Keys' cubic convolution or linear."""
 
     BSPLINE, KEYS, LINEAR = "bspline", "keys", "linear"
+
+
+class PriorMode(_Names):
+    """Whether a fit learns the thick-slice prior: when the scan has a thick axis (``auto``) or never (``none``)."""
+
+    AUTO, NONE = "auto", "none"
+
+
+class PriorStart(_Names):
+    """The prior network's input along the thick axis: Keys interpolation or the consistent spline."""
+
+    KEYS, CONSISTENT = "keys", "consistent"
 
 
 class Boundary(_Names):

@@ -45,6 +45,7 @@ from .axis_operators import (
     footprint_matrix,
     interpolation_matrix,
 )
+from .enums import PriorMode, PriorStart, check_option, option_names
 from .networks.planenet import PlaneResidualNet
 
 __all__ = [
@@ -77,11 +78,11 @@ logger = logging.getLogger(__name__)
 #: an axis is thick when its spacing is at least this many times the finest spacing (as in the forward model)
 THICK_RATIO = 1.5
 #: ``auto``: the prior runs when the scan has a thick axis; ``none``: never (the field alone)
-PRIOR_MODES = ("auto", "none")
+PRIOR_MODES = option_names(PriorMode)
 #: test-time flips of the planes (dims of ``(B, 1, H, W)``) averaged per setting of :attr:`PriorSettings.flips`
 FLIP_SETS = {1: [()], 2: [(), (2, 3)], 4: [(), (2,), (3,), (2, 3)]}
 #: the network's input along the thick axis (see :class:`PriorSettings`)
-START_OPERATORS = ("consistent", "keys")
+START_OPERATORS = option_names(PriorStart)
 
 
 def thick_axis(spacing: Sequence[float], ratio: float = THICK_RATIO) -> int | None:
@@ -185,8 +186,7 @@ class PriorSettings:
             raise ValueError(f"prior learning_rate must be positive, got {self.learning_rate!r}.")
         if self.flips not in FLIP_SETS:
             raise ValueError(f"prior flips must be one of {sorted(FLIP_SETS)}, got {self.flips!r}.")
-        if self.start not in START_OPERATORS:
-            raise ValueError(f"prior start must be one of {START_OPERATORS}, got {self.start!r}.")
+        self.start = check_option(self.start, PriorStart, "prior start")
         if not self.covariance_width >= 0:
             raise ValueError(f"prior covariance_width must be non-negative, got {self.covariance_width!r}.")
 
@@ -455,8 +455,7 @@ def slice_prior_for(
         steps, seed: training steps and seed (:class:`PriorSettings`).
         device, progress: where the network runs; progress bars.
     """
-    if mode not in PRIOR_MODES:
-        raise ValueError(f"prior must be one of {PRIOR_MODES}, got {mode!r}.")
+    mode = check_option(mode, PriorMode, "prior")
     axis = thick_axis(forward.spacing)
     if mode == "none" or axis is None:
         if mode == "auto":
