@@ -199,8 +199,6 @@ class PriorResult:
         fused: the consistent result ``(X, Y, Z')``.
         proposal: the network's proposal before the correction ``(X, Y, Z')``.
         uncertainty: half the disagreement of the two orientations ``(X, Y, Z')``.
-        interpolated: the network's input, the LR volume interpolated onto the output grid (``settings.start``)
-            ``(X, Y, Z')``.
         grid: the output grid along the thick axis.
         consistency_psnr: PSNR (dB) of the fused volume degraded by the forward model against the LR volume.
         train_loss: mean L1 loss of the last tenth of the training steps.
@@ -210,7 +208,6 @@ class PriorResult:
     fused: torch.Tensor
     proposal: torch.Tensor
     uncertainty: torch.Tensor
-    interpolated: torch.Tensor
     grid: ThickAxisGrid
     consistency_psnr: float
     train_loss: float
@@ -393,11 +390,11 @@ class SlicePrior:
         """``x + P (y − A x)`` along the thick axis; returns the result and its consistency PSNR (dB, range 1)."""
         a_mat = self.forward_operator(grid)
         p_mat = consistent_correction(a_mat, self.settings.covariance_width)
-        residual = lr.to(torch.float64) - apply_along_axis(a_mat, proposal.to(torch.float64), self.axis)
-        fused = proposal.to(torch.float64) + apply_along_axis(p_mat, residual, self.axis)
-        again = apply_along_axis(a_mat, fused, self.axis)
-        mse = float(torch.mean((again - lr.to(torch.float64)) ** 2))
-        return fused.to(lr.dtype), (float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse))
+        lr = lr.to(proposal.dtype)
+        residual = lr - apply_along_axis(a_mat, proposal, self.axis)  # LR-sized
+        fused = proposal + apply_along_axis(p_mat, residual, self.axis)
+        mse = float(torch.mean((apply_along_axis(a_mat, fused, self.axis) - lr).double() ** 2))
+        return fused, (float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse))
 
     def grid_for(self, lr_shape: Sequence[int]) -> ThickAxisGrid:
         """The output grid along the thick axis of an LR volume of ``lr_shape``."""
@@ -423,11 +420,11 @@ class SlicePrior:
         loss = self.train(groups)
         seconds["train"] = time.perf_counter() - start
         start = time.perf_counter()
-        proposal, uncertainty, interpolated = self.propose(vol, grid)
+        proposal, uncertainty, _ = self.propose(vol, grid)
         fused, consistency = self.make_consistent(proposal, vol, grid)
         seconds["apply"] = time.perf_counter() - start
         logger.info(f"prior: train L1 {loss:.4f}, consistency {consistency:.1f} dB, seconds {seconds}")
-        return PriorResult(fused, proposal, uncertainty, interpolated, grid, consistency, loss, seconds)
+        return PriorResult(fused, proposal, uncertainty, grid, consistency, loss, seconds)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -468,7 +465,16 @@ def slice_prior_for(
             raise ValueError(f"prior_spacing must be one positive number or three (mm), got {target_spacing!r}.")
         target = float(values[axis] if values.size == 3 else values[0])
     settings = PriorSettings(steps=int(steps), seed=int(seed))
-    return SlicePrior(forward.spacing, forward.profiles[axis], forward.widths[axis], target, settings, device, progress)
+    prior = SlicePrior(forward.spacing, forward.profiles[axis], forward.widths[axis], target, settings, device, progress)
+    if target is not None and target < prior.target_spacing:
+        logger.warning(f"prior: prior_spacing {target:g} mm is finer than the in-plane spacing; using "
+                       f"{prior.target_spacing:g} mm (the finest the in-plane slices can teach)")
+    subdivision = int(round(forward.spacing[axis] / prior.target_spacing))
+    if subdivision < 2:  # the output grid would be the LR grid: nothing to add between the slices
+        logger.warning(f"prior: none (prior_spacing {prior.target_spacing:g} mm gives one output sample per "
+                       f"{forward.spacing[axis]:g} mm slice)")
+        return None
+    return prior
 
 
 def describe(prior: SlicePrior | None) -> dict[str, Any] | str:
@@ -495,17 +501,29 @@ def describe(prior: SlicePrior | None) -> dict[str, Any] | str:
     }
 
 
-def run_prior(prior: SlicePrior | None, image: torch.Tensor, save_dir: str | None = None) -> PriorResult | None:
-    """Run ``prior`` on the training image ``(1, X, Y, Z)``, or reuse ``save_dir/prior.pt`` written by an earlier
-    run of the same prior on the same volume (a resumed fit does not train it again). ``None`` for no prior."""
+def run_prior(
+    prior: SlicePrior | None, image: torch.Tensor, save_dir: str | None = None, reuse: bool = True
+) -> PriorResult | None:
+    """Run ``prior`` on the training image ``(1, X, Y, Z)``, or (``reuse``) take ``save_dir/prior.pt`` written by an
+    earlier run of the same prior on the same volume (a resumed fit does not train it again). ``None`` for no prior,
+    and for a volume too small to learn from (fewer than 2 slices, or in-plane slices shorter than 2 slice
+    spacings: the field alone, with a warning)."""
     if prior is None:
         return None
+    import hashlib
+
     from .utils import atomic_path
 
     vol = image[0].detach().float().cpu()
-    key = {"settings": describe(prior), "shape": list(vol.shape), "checksum": float(vol.double().sum())}
+    extent = [vol.shape[a] * prior.spacing[a] for a in prior.inplane]
+    if vol.shape[prior.axis] < 2 or min(extent) < 2.0 * prior.spacing[prior.axis]:
+        logger.warning(f"prior: none (volume {tuple(vol.shape)} too small to learn its thick axis from)")
+        return None
+    affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
+    digest = hashlib.sha256(vol.numpy().tobytes() + affine.tobytes()).hexdigest()
+    key = {"settings": describe(prior), "spacing": list(prior.spacing), "shape": list(vol.shape), "sha256": digest}
     path = None if save_dir is None else Path(save_dir) / PRIOR_FILE
-    if path is not None and path.is_file():
+    if reuse and path is not None and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=False)
         if saved.get("key") == key:
             logger.info(f"prior: reusing {path}")

@@ -141,8 +141,11 @@ def self_evaluate(
         "render_seconds": round(render_seconds, 1),
     }
     budget["peak_rss_mb"] = peak_rss_mb()
+    prior_seconds = sum((fitted.prior or {}).get("seconds", {}).values())  # the prior's stages are not training
+    if prior_seconds:
+        budget["prior_seconds"] = round(prior_seconds, 1)
     budget["train_points_per_second"] = round(
-        budget["iterations"] * budget["points_per_iteration"] / max(fitted.seconds, 1e-9)
+        budget["iterations"] * budget["points_per_iteration"] / max(fitted.seconds - prior_seconds, 1e-9)
     )
     metrics = {
         "input": str(hr_path),

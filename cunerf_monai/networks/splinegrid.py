@@ -105,6 +105,8 @@ class BSplineGridField(nn.Module):
         pad = np.broadcast_to(np.asarray(padding, dtype=np.float64), (3,))
         n = np.asarray(shape, dtype=np.float64)
         lr = np.asarray(lr_shape if lr_shape is not None else shape, dtype=np.float64).reshape(3)
+        if np.any(lr < 2):
+            raise ValueError(f"BSplineGridField needs an LR volume of at least 2 voxels per axis, got {lr_shape}.")
         first = np.broadcast_to(np.asarray(origin, dtype=np.float64), (3,))
         spacing = np.broadcast_to(np.asarray(step, dtype=np.float64), (3,))
         if np.any(spacing <= 0):
