@@ -24,6 +24,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -63,34 +64,24 @@ def _load(name: str) -> tuple[dict, dict] | None:
 def table_rows(volumes, scales, degradations, forward_models) -> list[dict]:
     """One record per stored row with the prior (fused), with its field-alone twin when stored."""
     rows = []
-    for volume in volumes:
-        for scale in scales:
-            for degradation in degradations:
-                for fm in forward_models:
-                    blind = fm == "blind"
-                    fused = _load(row_name(volume, scale, degradation, blind))
-                    if fused is None or not fused[1].get("prior"):
-                        continue
-                    row, m = fused
-                    res, best = m["results"], m["best_aligned_baseline"]
-                    field = _load(row_name(volume, scale, degradation, blind, "_field"))
-                    rows.append({
-                        "row": f"{volume} ×{scale} {degradation}",
-                        "forward_model": fm,
-                        "best": best,
-                        "best_psnr": res[best]["psnr"],
-                        "field": None if field is None else field[0]["margin_psnr"],
-                        "prior_alone": res["prior_proposal"]["psnr"] - res[best]["psnr"],
-                        "fused": m["margin_psnr_db"],
-                        "ssim": m["margin_ssim"],
-                        "consistency": m["data_consistency_psnr_db"],
-                        "seconds": row["total_seconds"],
-                        "fit_render": m["budget"]["fit_seconds"] + m["budget"]["render_seconds"],
-                        "peak_gb": m["budget"].get("peak_rss_mb", float("nan")) / 1024.0,
-                        "spearman": (m.get("uncertainty") or {}).get("spearman", float("nan")),
-                        "profile": m["prior"]["profile"],
-                        "machine": m.get("machine", ""),
-                    })
+    for volume, scale, degradation, fm in itertools.product(volumes, scales, degradations, forward_models):
+        blind = fm == "blind"
+        fused = _load(row_name(volume, scale, degradation, blind))
+        if fused is None or not fused[1].get("prior"):
+            continue
+        row, m = fused
+        res, best, budget = m["results"], m["best_aligned_baseline"], m["budget"]
+        field = _load(row_name(volume, scale, degradation, blind, "_field"))
+        rows.append({
+            "row": f"{volume} ×{scale} {degradation}", "forward_model": fm, "profile": m["prior"]["profile"],
+            "best": best, "best_psnr": res[best]["psnr"],
+            "field": None if field is None else field[0]["margin_psnr"],
+            "prior_alone": res["prior_proposal"]["psnr"] - res[best]["psnr"],
+            "fused": m["margin_psnr_db"], "ssim": m["margin_ssim"], "consistency": m["data_consistency_psnr_db"],
+            "seconds": row["total_seconds"], "fit_render": budget["fit_seconds"] + budget["render_seconds"],
+            "peak_gb": budget.get("peak_rss_mb", float("nan")) / 1024.0,
+            "spearman": (m.get("uncertainty") or {}).get("spearman", float("nan")), "machine": m.get("machine", ""),
+        })
     return rows
 
 
@@ -126,13 +117,12 @@ def write_table(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> Path:
-    for volume in args.volumes:
-        for scale in args.scales:
-            for degradation in args.degradations:
-                for fm in args.forward_models:
-                    if args.field:
-                        run_row(volume, scale, degradation, fm, True, args.threads)
-                    run_row(volume, scale, degradation, fm, False, args.threads)
+    for volume, scale, degradation, fm in itertools.product(
+        args.volumes, args.scales, args.degradations, args.forward_models
+    ):
+        if args.field:
+            run_row(volume, scale, degradation, fm, True, args.threads)
+        run_row(volume, scale, degradation, fm, False, args.threads)
     return write_table(args)
 
 

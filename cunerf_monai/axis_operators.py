@@ -144,18 +144,11 @@ def interpolation_matrix(
     return mat / mat.sum(axis=1, keepdims=True)
 
 
-def consistent_interpolation(
-    lr_positions: Sequence[float] | np.ndarray,
-    fine_positions: Sequence[float] | np.ndarray,
-    fine_spacing: float,
-    profile: str,
-    width: float,
-) -> np.ndarray:
+def consistent_interpolation(u: np.ndarray, a: np.ndarray) -> np.ndarray:
     """``C = U (A U)⁻¹`` ``(n_fine, n_lr)``: interpolate "virtual samples" ``v = (A U)⁻¹ y`` so that the footprint
-    means ``A C y`` of the interpolant are exactly ``y`` (``U`` Keys interpolation from the LR positions, ``A`` the
-    :func:`footprint_matrix`). It undoes the footprint's blur below the LR Nyquist frequency."""
-    u = interpolation_matrix(lr_positions, fine_positions)
-    a = footprint_matrix(lr_positions, fine_positions, fine_spacing, profile, width)
+    means ``A C y`` of the interpolant are exactly ``y``, for ``U`` ``(n_fine, n_lr)`` an interpolation from the LR
+    positions (:func:`interpolation_matrix`) and ``A`` ``(n_lr, n_fine)`` their footprints (:func:`footprint_matrix`).
+    It undoes the footprint's blur below the LR Nyquist frequency."""
     return u @ np.linalg.inv(a @ u)
 
 

@@ -245,13 +245,8 @@ class Commands:
             config: optional training config overlay(s).
             iterations: training iterations (default: the config's).
             channel: channel to use from a 4D image.
-            forward_model: how each LR voxel samples the field: auto, point, box or gaussian (default: the
-                config's).
-            slice_thickness: the LR slice thickness in mm, one number or three (default: the config's).
-            prior: auto (learn detail from the scan's sharp in-plane slices when it has a thick axis) or none (the
-                field alone); default: the config's (auto).
-            prior_spacing: output spacing along the thick axis in mm that the prior works at, one number or three
-                (default: the in-plane spacing; evaluate: the HR grid's).
+            forward_model, slice_thickness, prior, prior_spacing: as for ``cunerf fit`` (``evaluate``: the prior works
+                at the HR grid's spacing).
         Returns:
             the metrics.
         """
@@ -299,13 +294,8 @@ class Commands:
             batch_size: target cubes per iteration (default: the config's).
             config: optional training config overlay(s), comma-separated.
             seed: random seed of every fit.
-            forward_model: how each LR voxel samples the field: auto, point, box or gaussian (default: the
-                config's).
-            slice_thickness: the LR slice thickness in mm, one number or three (default: the config's).
-            prior: auto (learn detail from the scan's sharp in-plane slices when it has a thick axis) or none (the
-                field alone); default: the config's (auto).
-            prior_spacing: output spacing along the thick axis in mm that the prior works at, one number or three
-                (default: the in-plane spacing; evaluate: the HR grid's).
+            forward_model, slice_thickness, prior, prior_spacing: as for ``cunerf fit`` (``evaluate``: the prior works
+                at the HR grid's spacing).
             timeout_hours: how long finished ranks wait for the others before the summary.
             fail_on_error: exit with status 1 when a volume failed or is missing (--nofail_on_error: status 0).
             summarize_only: only rebuild OUT/summary.* from OUT/ranks/rank*.json (after a crash, or when the

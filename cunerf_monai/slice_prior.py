@@ -290,7 +290,10 @@ class SlicePrior:
         """The network's input operator ``(n_fine, n_lr)`` from LR samples (positions and width in one unit)."""
         if self.settings.start == "keys":
             return interpolation_matrix(lr_positions, fine_positions)
-        return consistent_interpolation(lr_positions, fine_positions, fine_spacing, self.profile, width)
+        return consistent_interpolation(
+            interpolation_matrix(lr_positions, fine_positions),
+            footprint_matrix(lr_positions, fine_positions, fine_spacing, self.profile, width),
+        )
 
     # ------------------------------------------------------------------ training
     def train(self, groups: list[tuple[np.ndarray, np.ndarray]]) -> float:

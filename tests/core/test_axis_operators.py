@@ -6,14 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from cunerf_monai.axis_operators import (
-    apply_along_axis,
-    box_resampling_matrix,
-    consistent_correction,
-    consistent_interpolation,
-    footprint_matrix,
-    interpolation_matrix,
-)
+from cunerf_monai import axis_operators as ops
+
+apply_along_axis, box_resampling_matrix = ops.apply_along_axis, ops.box_resampling_matrix
+consistent_correction, consistent_interpolation = ops.consistent_correction, ops.consistent_interpolation
+footprint_matrix, interpolation_matrix = ops.footprint_matrix, ops.interpolation_matrix
 
 
 def test_box_footprint_of_integer_factor_is_the_mean_of_its_sub_slabs():
@@ -64,8 +61,8 @@ def test_keys_interpolation_passes_through_samples_and_reproduces_quadratics_ins
 def test_consistent_interpolation_has_footprint_means_equal_to_the_samples(profile, width):
     lr = 1.5 + 4.0 * np.arange(12)
     fine = np.arange(48, dtype=np.float64)
-    c = consistent_interpolation(lr, fine, 1.0, profile, width)
     a = footprint_matrix(lr, fine, 1.0, profile, width)
+    c = consistent_interpolation(interpolation_matrix(lr, fine), a)
     np.testing.assert_allclose(a @ c, np.eye(12), atol=1e-8)
 
 
@@ -73,7 +70,9 @@ def test_consistent_interpolation_of_a_point_profile_is_the_plain_interpolation(
     lr = 4.0 * np.arange(6)
     fine = np.arange(24, dtype=np.float64)
     np.testing.assert_allclose(
-        consistent_interpolation(lr, fine, 1.0, "point", 0.0), interpolation_matrix(lr, fine), atol=1e-10
+        consistent_interpolation(interpolation_matrix(lr, fine), footprint_matrix(lr, fine, 1.0, "point", 0.0)),
+        interpolation_matrix(lr, fine),
+        atol=1e-10,
     )
 
 
