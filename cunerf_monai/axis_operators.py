@@ -34,6 +34,7 @@ __all__ = [
     "interpolation_matrix",
     "consistent_correction",
     "consistent_interpolation",
+    "bspline_interpolation_matrix",
     "box_resampling_matrix",
     "apply_along_axis",
     "keys_weights",
@@ -142,6 +143,33 @@ def interpolation_matrix(
         w = keys_weights(u - idx)
         np.add.at(mat, (rows, np.clip(idx, 0, n - 1)), w)
     return mat / mat.sum(axis=1, keepdims=True)
+
+
+def bspline_interpolation_matrix(
+    src_positions: Sequence[float] | np.ndarray, dst_positions: Sequence[float] | np.ndarray, edge_pad: int = 12
+) -> np.ndarray:
+    """Cubic B-spline interpolation from uniform samples at ``src_positions`` ``(n_src,)`` to ``dst_positions``:
+    ``(n_dst, n_src)``. As the aligned B-spline baseline: the samples are edge-padded by ``edge_pad`` before the
+    interpolation prefilter, and positions beyond the outermost samples are clamped onto them."""
+    src = np.asarray(src_positions, dtype=np.float64)
+    dst = np.asarray(dst_positions, dtype=np.float64)
+    n = src.size
+    if n == 1:
+        return np.ones((dst.size, 1))
+    step = (src[-1] - src[0]) / (n - 1)
+    m = int(edge_pad)
+    ext = n + 2 * m
+    pad = np.zeros((ext, n))  # the padded samples from the samples (edges repeated)
+    pad[np.arange(ext), np.clip(np.arange(ext) - m, 0, n - 1)] = 1.0
+    k = np.arange(ext)
+    basis = np.zeros((ext, ext))  # β³ at the integer positions: (1, 4, 1) / 6
+    basis[k, k] = 4.0 / 6.0
+    basis[k[1:], k[:-1]] = basis[k[:-1], k[1:]] = 1.0 / 6.0
+    basis[0, 0] = basis[-1, -1] = 5.0 / 6.0  # the outermost coefficient mirrored (its value repeats beyond the end)
+    u = np.clip((dst - src[0]) / step, 0.0, n - 1.0) + m
+    t = np.abs(u[:, None] - k[None, :])
+    beta = np.where(t < 1.0, 2.0 / 3.0 - t**2 + t**3 / 2.0, np.where(t < 2.0, (2.0 - t) ** 3 / 6.0, 0.0))
+    return beta @ np.linalg.solve(basis, pad)
 
 
 def consistent_interpolation(u: np.ndarray, a: np.ndarray) -> np.ndarray:

@@ -118,9 +118,10 @@ class PriorMode(_Names):
 
 
 class PriorStart(_Names):
-    """The prior network's input along the thick axis: Keys interpolation or the consistent spline."""
+    """The prior network's input along the thick axis: by profile (``auto``), Keys or cubic B-spline interpolation, or
+    the consistent spline."""
 
-    KEYS, CONSISTENT = "keys", "consistent"
+    AUTO, KEYS, BSPLINE, CONSISTENT = "auto", "keys", "bspline", "consistent"
 
 
 class Boundary(_Names):

@@ -166,5 +166,6 @@ def _prior_of(workflow: ConfigWorkflow) -> dict[str, Any] | None:
         "grid": result.grid.as_dict(),
         "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
         "train_l1": round(result.train_loss, 6),
+        "inplane_gain_db": round(result.inplane_gain, 3),
         "consistency_psnr_db": round(min(result.consistency_psnr, 999.0), 1),
     }

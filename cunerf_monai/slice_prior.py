@@ -41,6 +41,7 @@ from .axis_operators import (
     apply_along_axis,
     box_resampling_matrix,
     consistent_correction,
+    bspline_interpolation_matrix,
     consistent_interpolation,
     footprint_matrix,
     interpolation_matrix,
@@ -157,10 +158,14 @@ class PriorSettings:
         chunk: planes per network call when applying it.
         seed: seed of the patch draws and the network's initialisation.
         flips: test-time flips averaged per plane: 1 (none), 2 (none and both axes) or 4 (each axis, both).
-        start: the network's input along the thick axis: ``"keys"`` (Keys cubic interpolation, the default) or
-            ``"consistent"`` (the cubic interpolant whose footprint means are the LR voxels, what the grid field
-            alone converges to). Measured on Colin27 ×4 slice-axis box (600 steps): ``keys`` +2.0 dB over B-spline,
-            ``consistent`` +0.5 dB: the deconvolved start amplifies aliasing the network then cannot undo.
+        start: the network's input along the thick axis: ``"auto"`` (cubic B-spline interpolation for a point
+            profile, Keys for a box or Gaussian), ``"keys"``, ``"bspline"`` or ``"consistent"`` (the cubic
+            interpolant whose footprint means are the LR voxels, what the grid field alone converges to). Measured
+            on Colin27 slice-axis rows (600 steps): box ×4, ``keys`` +2.0 dB over B-spline, ``consistent`` +0.5 dB
+            (the deconvolved start amplifies aliasing the network then cannot undo); point ×2, ``keys`` −0.66 dB:
+            Keys starts 1 dB below B-spline on this MRI, so the point profile starts from B-spline.
+        min_gain: the prior steps aside (the field alone) unless the trained network beats its own input by at
+            least this many dB on the scan's in-plane planes (:meth:`SlicePrior.inplane_gain`).
     """
 
     steps: int = 600
@@ -172,7 +177,8 @@ class PriorSettings:
     covariance_width: float = 1.0
     chunk: int = 16
     seed: int = 0
-    start: str = "keys"
+    start: str = "auto"
+    min_gain: float = 0.1
     flips: int = 1
 
     def __post_init__(self) -> None:
@@ -203,6 +209,8 @@ class PriorResult:
         consistency_psnr: PSNR (dB) of the fused volume degraded by the forward model against the LR volume.
         train_loss: mean L1 loss of the last tenth of the training steps.
         seconds: wall time per stage (``pairs``, ``train``, ``apply``).
+        inplane_gain: PSNR gain (dB) of the network over its input on its own in-plane planes
+            (:meth:`SlicePrior.inplane_gain`).
     """
 
     fused: torch.Tensor
@@ -212,6 +220,7 @@ class PriorResult:
     consistency_psnr: float
     train_loss: float
     seconds: dict[str, float] = field(default_factory=dict)
+    inplane_gain: float = float("nan")
 
 
 class SlicePrior:
@@ -288,12 +297,36 @@ class SlicePrior:
 
     def _start_matrix(self, lr_positions: np.ndarray, fine_positions: np.ndarray, fine_spacing: float, width: float) -> np.ndarray:
         """The network's input operator ``(n_fine, n_lr)`` from LR samples (positions and width in one unit)."""
-        if self.settings.start == "keys":
+        start = self.start
+        if start == "keys":
             return interpolation_matrix(lr_positions, fine_positions)
+        if start == "bspline":
+            return bspline_interpolation_matrix(lr_positions, fine_positions)
         return consistent_interpolation(
             interpolation_matrix(lr_positions, fine_positions),
             footprint_matrix(lr_positions, fine_positions, fine_spacing, self.profile, width),
         )
+
+    @property
+    def start(self) -> str:
+        """The network's input operator: ``settings.start``, where ``auto`` is cubic B-spline interpolation for a
+        point-sampled thick axis and Keys interpolation for a box or Gaussian one (both measured best there)."""
+        if self.settings.start != "auto":
+            return str(self.settings.start)
+        return "bspline" if self.profile == "point" else "keys"
+
+    @torch.no_grad()
+    def inplane_gain(self, groups: list[tuple[np.ndarray, np.ndarray]], every: int = 10) -> float:
+        """PSNR gain (dB) of the trained network over its own input on every ``every``-th in-plane pair (whole
+        planes): whether it learnt anything the interpolation it starts from does not already give."""
+        err_in = err_net = 0.0
+        for inputs, targets in groups:
+            x = torch.from_numpy(inputs[::every].copy())
+            y = torch.from_numpy(targets[::every].copy())
+            out = self._planes(x)
+            err_in += float(((x - y) ** 2).double().sum())
+            err_net += float(((out - y) ** 2).double().sum())
+        return 10.0 * math.log10(max(err_in, 1e-30) / max(err_net, 1e-30))
 
     # ------------------------------------------------------------------ training
     def train(self, groups: list[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -421,13 +454,15 @@ class SlicePrior:
         )
         start = time.perf_counter()
         loss = self.train(groups)
+        gain = self.inplane_gain(groups)
         seconds["train"] = time.perf_counter() - start
         start = time.perf_counter()
         proposal, uncertainty, _ = self.propose(vol, grid)
         fused, consistency = self.make_consistent(proposal, vol, grid)
         seconds["apply"] = time.perf_counter() - start
-        logger.info(f"prior: train L1 {loss:.4f}, consistency {consistency:.1f} dB, seconds {seconds}")
-        return PriorResult(fused, proposal, uncertainty, grid, consistency, loss, seconds)
+        logger.info(f"prior: train L1 {loss:.4f}, in-plane gain {gain:+.2f} dB, consistency {consistency:.1f} dB, "
+                    f"seconds {seconds}")
+        return PriorResult(fused, proposal, uncertainty, grid, consistency, loss, seconds, gain)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -498,7 +533,8 @@ def describe(prior: SlicePrior | None) -> dict[str, Any] | str:
         "layers": st.layers,
         "learning_rate": st.learning_rate,
         "covariance_width": st.covariance_width,
-        "start": st.start,
+        "start": prior.start,
+        "min_gain": st.min_gain,
         "flips": st.flips,
         "seed": st.seed,
     }
@@ -530,11 +566,21 @@ def run_prior(
         saved = torch.load(path, map_location="cpu", weights_only=False)
         if saved.get("key") == key:
             logger.info(f"prior: reusing {path}")
-            return saved["result"]
+            return _accepted(saved["result"], prior.settings.min_gain)
     result = prior.run(vol)
     if path is not None:
         with atomic_path(path) as tmp:
             torch.save({"key": key, "result": result}, tmp)
+    return _accepted(result, prior.settings.min_gain)
+
+
+def _accepted(result: PriorResult, min_gain: float) -> PriorResult | None:
+    """``result``, or ``None`` (the field alone, with a warning) when its network did not beat its own input on the
+    scan's in-plane planes by ``min_gain`` dB."""
+    if not result.inplane_gain >= min_gain:
+        logger.warning(f"prior: none (its network gains {result.inplane_gain:+.2f} dB over its input in-plane, "
+                       f"less than {min_gain:g} dB: the field alone)")
+        return None
     return result
 
 
@@ -554,6 +600,7 @@ def prior_metrics(result: PriorResult | None) -> dict[str, float]:
         return {}
     out = {f"prior_seconds_{k}": float(v) for k, v in result.seconds.items()}
     out["prior_train_l1"] = float(result.train_loss)
+    out["prior_inplane_gain_db"] = float(result.inplane_gain)
     out["prior_consistency_psnr_db"] = float(min(result.consistency_psnr, 999.0))
     return out
 

@@ -20,7 +20,7 @@ from cunerf_monai.batch import list_volumes, partition, volume_names
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = ("alpha", "beta", "gamma")
 BAD = "broken"
-SETTINGS = ["--iterations", "4", "--batch_size", "64", "--scale", "2"]
+SETTINGS = ["--iterations", "4", "--batch_size", "64", "--scale", "2", "--prior", "none"]
 
 
 def _volume(path: Path, freq: float) -> None:

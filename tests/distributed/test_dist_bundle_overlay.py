@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundle" / "configs"
 NPROC = 2
-ARGS = ["--num_iterations", "8", "--epoch_length", "2", "--batch_size", "64", "--progress", "False"]
+ARGS = ["--num_iterations", "8", "--epoch_length", "2", "--batch_size", "64", "--progress", "False", "--prior", "none"]
 
 HOOKS = '''
 """Per-rank probes for the overlay test (imported by the test overlay)."""
