@@ -479,6 +479,7 @@ def slice_prior_for(
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = False,
+    min_gain: float = PriorSettings.min_gain,
 ) -> SlicePrior | None:
     """The prior a fit uses, or ``None`` (the field alone).
 
@@ -489,6 +490,7 @@ def slice_prior_for(
             is used); ``None``: the finest in-plane spacing.
         steps, seed: training steps and seed (:class:`PriorSettings`).
         device, progress: where the network runs; progress bars.
+        min_gain: in-plane gain (dB) the network must reach for the prior to be used (:class:`PriorSettings`).
     """
     mode = check_option(mode, PriorMode, "prior")
     axis = thick_axis(forward.spacing)
@@ -502,7 +504,7 @@ def slice_prior_for(
         if values.size not in (1, 3) or not np.all(np.isfinite(values)) or np.any(values <= 0):
             raise ValueError(f"prior_spacing must be one positive number or three (mm), got {target_spacing!r}.")
         target = float(values[axis] if values.size == 3 else values[0])
-    settings = PriorSettings(steps=int(steps), seed=int(seed))
+    settings = PriorSettings(steps=int(steps), seed=int(seed), min_gain=float(min_gain))
     prior = SlicePrior(forward.spacing, forward.profiles[axis], forward.widths[axis], target, settings, device, progress)
     if target is not None and target < prior.target_spacing:
         logger.warning(f"prior: prior_spacing {target:g} mm is finer than the in-plane spacing; using "

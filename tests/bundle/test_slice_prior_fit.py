@@ -15,7 +15,7 @@ from cunerf_monai.fitting import fit
 from cunerf_monai.slice_prior import PRIOR_FILE
 
 SHORT = {"num_iterations": 2, "epoch_length": 2, "batch_size": 256, "chunk_size": 4096, "progress": False,
-         "prior_steps": 4, "forward_model": ["point", "point", "box"]}
+         "prior_steps": 4, "prior_min_gain": -100.0, "forward_model": ["point", "point", "box"]}
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,7 @@ def test_self_evaluation_with_the_prior_writes_uncertainty_and_stays_consistent(
     nib.save(nib.Nifti1Image(hr.astype(np.float32), np.eye(4)), str(path))
     metrics = self_evaluate(path, tmp_path / "eval", 4, 2, "box",
                             {"num_iterations": 2, "epoch_length": 2, "progress": False, "prior_steps": 10,
+                             "prior_min_gain": -100.0,
                              "forward_model": ["point", "point", "box"]},
                             save_volumes=False)
     assert metrics["prior"]["grid"]["subdivision"] == 4 and metrics["prior"]["grid"]["spacing_mm"] == 1.0
@@ -164,7 +165,7 @@ def test_bundle_run_tracks_the_prior_in_mlflow(thick_scan, tmp_path):
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
            str(root / "bundle" / "configs" / "train.json"), "--input_image", str(thick_scan), "--output_dir",
            str(tmp_path), "--tracking", "mlflow", "--num_iterations", "2", "--epoch_length", "2", "--batch_size", "64",
-           "--prior_steps", "3", "--progress", "False"]
+           "--prior_steps", "3", "--prior_min_gain", "-100", "--progress", "False"]
     env = dict(os.environ, CUNERF_BUNDLE_ROOT=str(root / "bundle"), OMP_NUM_THREADS="1")
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -217,3 +218,9 @@ def test_thick_first_axis_point_samples_stay_on_the_grid(tmp_path):
     points = torch.as_tensor(result.record.geometry.index_to_field(index)).float()
     with torch.no_grad():
         torch.testing.assert_close(result.network.coarse(points)[..., 0], lr[:, 4, 7], atol=1e-4, rtol=0)
+
+
+def test_prior_that_learnt_nothing_in_plane_steps_aside(thick_scan, tmp_path):
+    """Its network must beat its own input on the scan's in-plane planes by prior_min_gain dB, else the field alone."""
+    result = fit(thick_scan, tmp_path / "run", dict(SHORT, prior_min_gain=100.0))
+    assert result.prior is None and tuple(result.network.coarse.samples.shape) == (24, 20, 6)

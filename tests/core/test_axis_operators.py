@@ -108,3 +108,14 @@ def test_apply_along_axis_acts_on_that_axis_only():
     torch.testing.assert_close(out[:, 1], (vol[:, 1] + vol[:, 2]) / 2)
     with pytest.raises(ValueError, match="axis 0 has 2 samples"):
         apply_along_axis(m, vol, 0)
+
+
+def test_bspline_interpolation_is_the_aligned_baseline_along_one_axis():
+    """Edge-padded by 12, prefiltered, clamped beyond the ends: scipy's cubic B-spline on the padded samples."""
+    from scipy import ndimage
+
+    y = np.random.default_rng(1).normal(size=20)
+    dst = np.linspace(-1.0, 20.0, 85)
+    coeff = ndimage.spline_filter1d(np.pad(y, 12, mode="edge"), 3, mode="mirror")
+    expected = ndimage.map_coordinates(coeff, [np.clip(dst, 0, 19) + 12], order=3, prefilter=False, mode="mirror")
+    np.testing.assert_allclose(ops.bspline_interpolation_matrix(np.arange(20.0), dst) @ y, expected, atol=1e-12)
