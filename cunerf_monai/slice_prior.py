@@ -556,6 +556,7 @@ def run_prior(
     from .utils import atomic_path
 
     vol = image[0].detach().float().cpu()
+    vol = vol.as_tensor() if hasattr(vol, "as_tensor") else vol  # plain tensors: checkpoints load weights-only
     extent = [vol.shape[a] * prior.spacing[a] for a in prior.inplane]
     if vol.shape[prior.axis] < 2 or min(extent) < 2.0 * prior.spacing[prior.axis]:
         logger.warning(f"prior: none (volume {tuple(vol.shape)} too small to learn its thick axis from)")
@@ -639,7 +640,7 @@ class PriorRecord:
     ``state_dict``/``load_state_dict`` so that checkpoints carry it (key ``"prior"``); empty without a prior."""
 
     def __init__(self, result: PriorResult | None = None) -> None:
-        self.uncertainty = None if result is None else result.uncertainty.detach().float().cpu()
+        self.uncertainty = None if result is None else torch.as_tensor(result.uncertainty).detach().float().cpu()
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.uncertainty is None else {"uncertainty": self.uncertainty}

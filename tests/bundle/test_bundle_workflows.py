@@ -21,7 +21,7 @@ CONFIGS = ROOT / "bundle" / "configs"
 SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"  # MONAI model-zoo schema, kept offline
 TINY = {  # the tiny overlay's training settings, 4 iterations, the configs' own test-time sample counts
     "num_iterations": 4,
-    **{k: TINY_OVERLAY[k] for k in ("epoch_length", "batch_size", "num_coarse", "num_fine", "progress")},
+    **{k: TINY_OVERLAY[k] for k in ("epoch_length", "batch_size", "num_coarse", "num_fine", "progress", "prior")},
     "chunk_size": 512,
 }
 

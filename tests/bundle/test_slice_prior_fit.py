@@ -66,8 +66,9 @@ def test_prior_choice_is_recorded_in_fit_json_and_checkpoint(fitted, thick_scan)
     result, out = fitted
     info = save_model_dir(out / "model", result, thick_scan, [], dict(SHORT))
     assert json.loads((out / "model" / "fit.json").read_text())["prior"] == info["prior"] == result.prior
-    ckpt = torch.load(result.checkpoint, map_location="cpu", weights_only=False)
+    ckpt = torch.load(result.checkpoint, map_location="cpu", weights_only=True)  # plain tensors (model-zoo export)
     assert ckpt["settings"]["prior"]["kind"] == "slices" and ckpt["settings"]["prior"]["steps"] == 4
+    assert type(ckpt["prior"]["uncertainty"]) is torch.Tensor
 
 
 def test_model_renders_through_the_inference_config(fitted, thick_scan, tmp_path):
