@@ -67,16 +67,18 @@ def table_rows(volumes, scales, degradations, forward_models) -> list[dict]:
     for volume, scale, degradation, fm in itertools.product(volumes, scales, degradations, forward_models):
         blind = fm == "blind"
         fused = _load(row_name(volume, scale, degradation, blind))
-        if fused is None or not fused[1].get("prior"):
+        if fused is None or "prior" not in fused[1]:  # no run, or one from before the prior existed
             continue
         row, m = fused
         res, best, budget = m["results"], m["best_aligned_baseline"], m["budget"]
         field = _load(row_name(volume, scale, degradation, blind, "_field"))
+        proposal = res.get("prior_proposal")  # none when the prior stepped aside (the field alone)
         rows.append({
-            "row": f"{volume} ×{scale} {degradation}", "forward_model": fm, "profile": m["prior"]["profile"],
+            "row": f"{volume} ×{scale} {degradation}", "forward_model": fm,
+            "profile": m["prior"]["profile"] if m["prior"] else "stepped aside",
             "best": best, "best_psnr": res[best]["psnr"],
             "field": None if field is None else field[0]["margin_psnr"],
-            "prior_alone": res["prior_proposal"]["psnr"] - res[best]["psnr"],
+            "prior_alone": None if proposal is None else proposal["psnr"] - res[best]["psnr"],
             "fused": m["margin_psnr_db"], "ssim": m["margin_ssim"], "consistency": m["data_consistency_psnr_db"],
             "seconds": row["total_seconds"], "fit_render": budget["fit_seconds"] + budget["render_seconds"],
             "peak_gb": budget.get("peak_rss_mb", float("nan")) / 1024.0,
@@ -93,9 +95,10 @@ def markdown(rows: list[dict]) -> str:
     ]
     for r in rows:
         field = "—" if r["field"] is None else f"{r['field']:+.2f}"
+        alone = "—" if r["prior_alone"] is None else f"{r['prior_alone']:+.2f}"
         lines.append(
             f"| {r['row']} | {r['forward_model']} ({r['profile']}) | {r['best']} {r['best_psnr']:.2f} | {field} "
-            f"| {r['prior_alone']:+.2f} | **{r['fused']:+.2f}** | {r['ssim']:+.4f} | {r['consistency']:.1f} dB "
+            f"| {alone} | **{r['fused']:+.2f}** | {r['ssim']:+.4f} | {r['consistency']:.1f} dB "
             f"| {r['fit_render']:.0f} s | {r['peak_gb']:.2f} GB | {r['spearman']:.2f} |"
         )
     machines = sorted({r["machine"] for r in rows if r["machine"]})
