@@ -145,7 +145,7 @@ def test_fits_do_not_depend_on_the_rank(job, tmp_path):
     """A volume fitted by rank 1 is bit-identical to a single-process fit of it (no process group while fitting)."""
     from cunerf_monai.fitting import fit
 
-    result = fit(job["inputs"] / "beta.nii.gz", tmp_path / "fit", {"seed": 0, "progress": False,
+    result = fit(job["inputs"] / "beta.nii.gz", tmp_path / "fit", {"seed": 0, "progress": False, "prior": "none",
                                                                     "num_iterations": 4, "batch_size": 64})
     single = torch.load(result.checkpoint, map_location="cpu", weights_only=False)["model"]
     batch = torch.load(job["out"] / "beta" / "model.pt", map_location="cpu", weights_only=False)["model"]
