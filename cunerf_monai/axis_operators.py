@@ -122,22 +122,31 @@ def keys_weights(t: np.ndarray, a: float = -0.5) -> np.ndarray:
     return out
 
 
+def _source_index(
+    src_positions: Sequence[float] | np.ndarray, dst_positions: Sequence[float] | np.ndarray
+) -> tuple[int, np.ndarray]:
+    """``(n_src, u)``: the continuous source index ``u`` ``(n_dst,)`` of each destination position, clamped onto the
+    outermost samples (all zeros for a single source sample)."""
+    src = np.asarray(src_positions, dtype=np.float64)
+    dst = np.asarray(dst_positions, dtype=np.float64).reshape(-1)
+    if src.size == 1:
+        return 1, np.zeros_like(dst)
+    step = (src[-1] - src[0]) / (src.size - 1)
+    return src.size, np.clip((dst - src[0]) / step, 0.0, src.size - 1.0)
+
+
 def interpolation_matrix(
     src_positions: Sequence[float] | np.ndarray, dst_positions: Sequence[float] | np.ndarray
 ) -> np.ndarray:
     """Keys cubic interpolation from uniform samples at ``src_positions`` ``(n_src,)`` to ``dst_positions``:
     ``U`` ``(n_dst, n_src)``. Beyond the outermost samples the edge sample is repeated (clamped), like the
     aligned baselines; with a single source sample every row is that sample."""
-    src = np.asarray(src_positions, dtype=np.float64)
-    dst = np.asarray(dst_positions, dtype=np.float64)
-    n = src.size
+    n, u = _source_index(src_positions, dst_positions)
     if n == 1:
-        return np.ones((dst.size, 1))
-    step = (src[-1] - src[0]) / (n - 1)
-    u = np.clip((dst - src[0]) / step, 0.0, n - 1.0)  # continuous source index, clamped onto the end samples
+        return np.ones((u.size, 1))
     base = np.floor(u).astype(np.int64)
-    mat = np.zeros((dst.size, n))
-    rows = np.arange(dst.size)
+    mat = np.zeros((u.size, n))
+    rows = np.arange(u.size)
     for tap in range(-1, 3):
         idx = base + tap
         w = keys_weights(u - idx)
@@ -151,12 +160,9 @@ def bspline_interpolation_matrix(
     """Cubic B-spline interpolation from uniform samples at ``src_positions`` ``(n_src,)`` to ``dst_positions``:
     ``(n_dst, n_src)``. As the aligned B-spline baseline: the samples are edge-padded by ``edge_pad`` before the
     interpolation prefilter, and positions beyond the outermost samples are clamped onto them."""
-    src = np.asarray(src_positions, dtype=np.float64)
-    dst = np.asarray(dst_positions, dtype=np.float64)
-    n = src.size
+    n, u = _source_index(src_positions, dst_positions)
     if n == 1:
-        return np.ones((dst.size, 1))
-    step = (src[-1] - src[0]) / (n - 1)
+        return np.ones((u.size, 1))
     m = int(edge_pad)
     ext = n + 2 * m
     pad = np.zeros((ext, n))  # the padded samples from the samples (edges repeated)
@@ -166,8 +172,7 @@ def bspline_interpolation_matrix(
     basis[k, k] = 4.0 / 6.0
     basis[k[1:], k[:-1]] = basis[k[:-1], k[1:]] = 1.0 / 6.0
     basis[0, 0] = basis[-1, -1] = 5.0 / 6.0  # the outermost coefficient mirrored (its value repeats beyond the end)
-    u = np.clip((dst - src[0]) / step, 0.0, n - 1.0) + m
-    t = np.abs(u[:, None] - k[None, :])
+    t = np.abs(u[:, None] + m - k[None, :])
     beta = np.where(t < 1.0, 2.0 / 3.0 - t**2 + t**3 / 2.0, np.where(t < 2.0, (2.0 - t) ** 3 / 6.0, 0.0))
     return beta @ np.linalg.solve(basis, pad)
 
