@@ -143,7 +143,7 @@ def process_volume(
     """Fit one volume, render it at ``scale`` and write ``sr.nii.gz``, ``model.pt`` and ``fit.json`` into
     ``out_dir``. Returns the output paths and shape; raises on failure."""
     from .fitting import fit
-    from .slice_prior import UNCERTAINTY_FILE, write_uncertainty
+    from .slice_prior import UNCERTAINTY_FILE, fitted_prior, prior_state, write_uncertainty
     from .workflows import render_volume, target_grid
 
     result = fit(path, out_dir / "run", overrides, config_files)
@@ -151,7 +151,8 @@ def process_volume(
         grid = target_grid(result.record, scale=scale)
         sr = render_volume(result.network, result.inferer, result.record, out_dir / "sr.nii.gz", grid)
         uncertainty = write_uncertainty(
-            result.checkpoint, result.network, result.inferer, result.record, grid, out_dir / UNCERTAINTY_FILE
+            prior_state(fitted_prior(result.workflow)), result.network, result.inferer, result.record, grid,
+            out_dir / UNCERTAINTY_FILE,
         )
         save_model_dir(out_dir, result, path, overlays, overrides)
         record = {"output": sr, "model": str(out_dir / MODEL_FILE), "shape": list(grid.shape)}

@@ -154,12 +154,11 @@ def fit(
 def _prior_of(workflow: ConfigWorkflow) -> dict[str, Any] | None:
     """What the fit's thick-slice prior was and did (``None`` without one): its settings, output grid, stage
     times, training loss and consistency (see :mod:`cunerf_monai.slice_prior`)."""
-    if "prior_result" not in workflow.parser:
-        return None
-    result = workflow.parser.get_parsed_content("prior_result")
+    from .slice_prior import describe, fitted_prior
+
+    result = fitted_prior(workflow)
     if result is None:
         return None
-    from .slice_prior import describe
 
     return {
         **describe(workflow.parser.get_parsed_content("slice_prior")),  # type: ignore[dict-item]

@@ -72,6 +72,8 @@ __all__ = [
     "render_uncertainty",
     "write_uncertainty",
     "grid_model",
+    "fitted_prior",
+    "prior_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -647,6 +649,18 @@ class PriorRecord:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.uncertainty = state.get("uncertainty")
+
+
+def fitted_prior(workflow: Any) -> PriorResult | None:
+    """The prior a fit's (initialised) training workflow used, ``None`` without one."""
+    parser = workflow.parser
+    return parser.get_parsed_content("prior_result") if "prior_result" in parser else None
+
+
+def prior_state(result: PriorResult | None) -> dict[str, Any]:
+    """The checkpoint entries of ``result`` (``{"prior": ...}``), for :func:`render_uncertainty` straight from a fit
+    in this process instead of reading its checkpoint back."""
+    return {"prior": PriorRecord(result).state_dict()}
 
 
 def grid_model(network: torch.nn.Module, values: torch.Tensor, kernel: str = "linear") -> torch.nn.Module:

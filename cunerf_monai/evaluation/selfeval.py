@@ -19,7 +19,7 @@ from ..io import load_normalized, save_nifti
 from ..transforms.array import SimulateLowResolution, degradation_factors, denormalize_intensity
 from ..utils import atomic_path, write_json
 from .baselines import MISALIGNED_KEY, run_baselines
-from ..slice_prior import UNCERTAINTY_FILE, grid_model, render_uncertainty
+from ..slice_prior import UNCERTAINTY_FILE, fitted_prior, grid_model, prior_state, render_uncertainty
 from .figures import comparison_figure, uncertainty_figure
 from .metrics import foreground_mask, format_table, psnr, score
 
@@ -114,12 +114,12 @@ def self_evaluate(
     sr_np = np.asarray(denormalize_intensity(sr, fitted.record.intensity_range).numpy(), dtype=np.float32)
     if save_volumes:
         save_nifti(out / "sr.nii.gz", sr_np, hr_affine)
-    uncertainty = render_uncertainty(fitted.checkpoint, fitted.network, fitted.inferer, fitted.record, grid)
+    prior = fitted_prior(fitted.workflow)
+    uncertainty = render_uncertainty(prior_state(prior), fitted.network, fitted.inferer, fitted.record, grid)
 
     predictions = run_baselines(lr_np, lr_affine, hr_np.shape, hr_affine, include_misaligned=True)
     predictions[OURS] = sr_np
     consistency = data_consistency(sr_np, hr, lr_np, factors, degradation)
-    prior = fitted.workflow.parser.get_parsed_content("prior_result") if "prior_result" in fitted.workflow.parser else None
     if prior is not None:  # the prior alone: its proposal before the consistency correction, on the same grid
         model = grid_model(fitted.network, prior.proposal, kernel=fitted.network.coarse.kernel)
         proposal = fitted.inferer.coarse_only().render_grid(model, fitted.record.geometry, grid)
