@@ -38,6 +38,8 @@ __all__ = [
     "box_resampling_matrix",
     "apply_along_axis",
     "keys_weights",
+    "linear_interpolation_matrix",
+    "baseline_interpolation_matrices",
 ]
 
 PROFILES = ("point", "box", "gaussian")
@@ -152,6 +154,36 @@ def interpolation_matrix(
         w = keys_weights(u - idx)
         np.add.at(mat, (rows, np.clip(idx, 0, n - 1)), w)
     return mat / mat.sum(axis=1, keepdims=True)
+
+
+def linear_interpolation_matrix(
+    src_positions: Sequence[float] | np.ndarray, dst_positions: Sequence[float] | np.ndarray
+) -> np.ndarray:
+    """Linear interpolation from uniform samples at ``src_positions`` ``(n_src,)`` to ``dst_positions``:
+    ``(n_dst, n_src)``, positions beyond the outermost samples clamped onto them (the aligned trilinear baseline
+    along one axis)."""
+    n, u = _source_index(src_positions, dst_positions)
+    if n == 1:
+        return np.ones((u.size, 1))
+    base = np.clip(np.floor(u), 0, n - 2).astype(np.int64)
+    t = u - base
+    mat = np.zeros((u.size, n))
+    rows = np.arange(u.size)
+    mat[rows, base] = 1.0 - t
+    mat[rows, base + 1] += t
+    return mat
+
+
+def baseline_interpolation_matrices(
+    src_positions: Sequence[float] | np.ndarray, dst_positions: Sequence[float] | np.ndarray
+) -> dict[str, np.ndarray]:
+    """The aligned interpolation baselines along one axis, ``{name: (n_dst, n_src)}`` for ``"trilinear"``,
+    ``"keys"`` and ``"bspline"`` (the names of :data:`cunerf_monai.evaluation.BASELINES`)."""
+    return {
+        "trilinear": linear_interpolation_matrix(src_positions, dst_positions),
+        "keys": interpolation_matrix(src_positions, dst_positions),
+        "bspline": bspline_interpolation_matrix(src_positions, dst_positions),
+    }
 
 
 def bspline_interpolation_matrix(

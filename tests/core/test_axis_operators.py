@@ -119,3 +119,18 @@ def test_bspline_interpolation_is_the_aligned_baseline_along_one_axis():
     coeff = ndimage.spline_filter1d(np.pad(y, 12, mode="edge"), 3, mode="mirror")
     expected = ndimage.map_coordinates(coeff, [np.clip(dst, 0, 19) + 12], order=3, prefilter=False, mode="mirror")
     np.testing.assert_allclose(ops.bspline_interpolation_matrix(np.arange(20.0), dst) @ y, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["trilinear", "keys", "bspline"])
+def test_baseline_matrices_are_the_aligned_baselines_along_one_axis(name):
+    """Each 1D operator equals the aligned baseline of that name resampling a 1-voxel-wide volume along x."""
+    from cunerf_monai.evaluation import resample_to_grid
+
+    y = np.random.default_rng(2).normal(size=(17, 1, 1))
+    lr_affine = np.diag([3.0, 1.0, 1.0, 1.0])
+    hr_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    hr_affine[0, 3] = -2.0  # starts before the first LR sample: the clamped edge is compared too
+    dst = (np.arange(55) - 2.0) / 3.0  # HR positions in LR index units
+    expected = resample_to_grid(y, lr_affine, (55, 1, 1), hr_affine, method=name)[:, 0, 0]
+    matrix = ops.baseline_interpolation_matrices(np.arange(17.0), dst)[name]
+    np.testing.assert_allclose(matrix @ y[:, 0, 0], expected, atol=1e-5)

@@ -8,7 +8,15 @@ import torch
 from monai.data import MetaTensor
 
 from cunerf_monai.evaluation import psnr, run_baselines
-from cunerf_monai.slice_prior import PriorSettings, SlicePrior, ThickAxisGrid, field_grid, thick_axis
+from cunerf_monai.networks.planenet import PlaneResidualNet
+from cunerf_monai.slice_prior import (
+    PriorSettings,
+    SlicePrior,
+    ThickAxisGrid,
+    field_grid,
+    held_out_slices,
+    thick_axis,
+)
 from cunerf_monai.transforms.array import SimulateLowResolution, lr_affine
 
 
@@ -62,7 +70,7 @@ def test_pairs_are_matched_in_millimetres():
     assert grid.subdivision == 2
     ramp = np.broadcast_to(np.arange(32, dtype=np.float32)[:, None, None], (32, 12, 5)).copy()
     groups = prior._pairs(ramp, grid)
-    inputs, targets = groups[0]  # axis 0 degraded
+    inputs, targets = groups[0].inputs, groups[0].targets  # axis 0 degraded
     assert targets.shape[1:] == (16, 12) and inputs.shape == targets.shape
     assert inputs.shape[0] == 2 * 5  # every phase of the 1.6 mm grid (2) for each of the 5 in-plane slices
     np.testing.assert_allclose(targets[0, :, 0], np.arange(16) * 2 + 0.5, atol=1e-5)
@@ -71,7 +79,8 @@ def test_pairs_are_matched_in_millimetres():
     # a step does not: the input is blurred over the 3.2 mm slice
     step = np.zeros((32, 12, 5), np.float32)
     step[16:] = 1.0
-    inputs, targets = prior._pairs(step, grid)[0]
+    pairs = prior._pairs(step, grid)[0]
+    inputs, targets = pairs.inputs, pairs.targets
     assert np.abs(inputs[0] - targets[0]).max() > 0.2
 
 
@@ -112,3 +121,30 @@ def test_prior_beats_cubic_interpolation_through_plane_and_reproduces_the_lr():
     assert result.consistency_psnr >= 45.0
     # the uncertainty is half the gap between the two orientations: non-negative, zero nowhere near everywhere
     assert float(result.uncertainty.min()) >= 0.0 and float(result.uncertainty.mean()) > 0.0
+
+
+def test_every_eighth_slice_is_held_out_of_training_with_its_baselines():
+    assert np.flatnonzero(held_out_slices(20)).tolist() == [4, 12]
+    assert np.flatnonzero(held_out_slices(5)).tolist() == [2] and not held_out_slices(1).any()
+    prior = SlicePrior((0.8, 0.8, 3.2), "box", 3.2, target_spacing=1.6, settings=PriorSettings(steps=1))
+    vol = np.random.default_rng(0).random((32, 12, 9)).astype(np.float32)
+    pairs = prior._pairs(vol, prior.grid_for(vol.shape))[0]
+    assert pairs.held.tolist() == [i % 9 == 4 for i in range(18)]  # 2 phases × 9 slices, slice 4 held out
+    inputs, targets = pairs.training()
+    assert inputs.shape[0] == targets.shape[0] == 16 and sorted(pairs.baselines) == ["bspline", "keys", "trilinear"]
+    # the start of a box profile is Keys: its baseline is the held-out input itself
+    np.testing.assert_allclose(pairs.baselines["keys"], pairs.inputs[pairs.held], atol=1e-6)
+
+
+def test_gate_measures_the_network_against_the_best_interpolation_not_its_start():
+    """Point samples of a sinusoid of 3 LR samples per period: cubic B-spline interpolates it far better than Keys.
+    An untrained network on a Keys start (its input, unchanged) ties its start but loses to B-spline, so the gate
+    sees a loss."""
+    prior = SlicePrior((1.0, 1.0, 4.0), "point", 0.0, settings=PriorSettings(steps=1, start="keys"))
+    wave = np.sin(2.0 * np.pi * np.arange(64) / 12.0)  # 12 voxels = 3 LR samples of 4 voxels
+    vol = np.broadcast_to(wave[:, None, None] * np.linspace(0.5, 1.0, 64)[None, :, None], (64, 64, 16))
+    groups = prior._pairs(np.ascontiguousarray(vol, dtype=np.float32), prior.grid_for((64, 64, 16)))
+    prior.network = PlaneResidualNet(8, 2).eval()  # zero-initialised last layer: the identity
+    gains = prior.inplane_gain(groups)
+    assert gains["start"] == pytest.approx(0.0, abs=1e-6)
+    assert gains["best_baseline"] == "bspline" and gains["best"] < -2.0
