@@ -240,7 +240,8 @@ class PriorSettings:
 
 @dataclass
 class PriorResult:
-    """What :meth:`SlicePrior.run` returns (volumes with the thick axis on the output grid).
+    """What :meth:`SlicePrior.run` returns (volumes with the thick axis on the output grid; ``None`` when the
+    network missed ``min_gain`` and the prior was not applied).
 
     Attributes:
         fused: the consistent result ``(X, Y, Z')``.
@@ -254,9 +255,9 @@ class PriorResult:
             (:meth:`SlicePrior.inplane_gain`).
     """
 
-    fused: torch.Tensor
-    proposal: torch.Tensor
-    uncertainty: torch.Tensor
+    fused: torch.Tensor | None
+    proposal: torch.Tensor | None
+    uncertainty: torch.Tensor | None
     grid: ThickAxisGrid
     consistency_psnr: float
     train_loss: float
@@ -523,12 +524,16 @@ class SlicePrior:
         gains = self.inplane_gain(groups)
         gain = gains["best"]
         seconds["train"] = time.perf_counter() - start
+        summary = (f"prior: train L1 {loss:.4f}, held-out in-plane gain {gain:+.2f} dB over {gains['best_baseline']} "
+                   f"({gains['start']:+.2f} dB over its input)")
+        if not gain >= self.settings.min_gain:  # stepped aside: not applied (run_prior says so)
+            logger.info(f"{summary}, seconds {seconds}")
+            return PriorResult(None, None, None, grid, float("nan"), loss, seconds, gain)
         start = time.perf_counter()
         proposal, uncertainty, _ = self.propose(vol, grid)
         fused, consistency = self.make_consistent(proposal, vol, grid)
         seconds["apply"] = time.perf_counter() - start
-        logger.info(f"prior: train L1 {loss:.4f}, held-out in-plane gain {gain:+.2f} dB over {gains['best_baseline']} "
-                    f"({gains['start']:+.2f} dB over its input), consistency {consistency:.1f} dB, seconds {seconds}")
+        logger.info(f"{summary}, consistency {consistency:.1f} dB, seconds {seconds}")
         return PriorResult(fused, proposal, uncertainty, grid, consistency, loss, seconds, gain)
 
 
@@ -648,7 +653,7 @@ def run_prior(
 def _accepted(result: PriorResult, min_gain: float) -> PriorResult | None:
     """``result``, or ``None`` (the field alone, with a warning) when its network did not beat the best aligned
     interpolation on held-out in-plane planes by ``min_gain`` dB."""
-    if not result.inplane_gain >= min_gain:
+    if result.fused is None or not result.inplane_gain >= min_gain:
         logger.warning(f"prior: none (its network gains {result.inplane_gain:+.2f} dB over the best interpolation "
                        f"on held-out in-plane planes, less than {min_gain:g} dB: the field alone)")
         return None

@@ -222,6 +222,9 @@ def test_thick_first_axis_point_samples_stay_on_the_grid(tmp_path):
 
 
 def test_prior_that_learnt_nothing_in_plane_steps_aside(thick_scan, tmp_path):
-    """Its network must beat its own input on the scan's in-plane planes by prior_min_gain dB, else the field alone."""
+    """Its network must beat the best interpolation on held-out in-plane planes by prior_min_gain dB, else the field
+    alone; a prior that steps aside is not applied (nothing stored but its verdict)."""
     result = fit(thick_scan, tmp_path / "run", dict(SHORT, prior_min_gain=100.0))
     assert result.prior is None and tuple(result.network.coarse.samples.shape) == (24, 20, 6)
+    stored = torch.load(tmp_path / "run" / "checkpoints" / "prior.pt", weights_only=False)["result"]
+    assert stored.fused is None and stored.proposal is None and stored.inplane_gain < 100.0
