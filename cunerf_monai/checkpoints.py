@@ -157,6 +157,28 @@ class AtomicCheckpoints:
             engine.add_event_handler(Events.COMPLETED, self._checkpoint(FINAL))
 
 
+def check_resumable(save_dir: str | os.PathLike | None, enabled: bool = True, **settings: Any) -> None:
+    """Refuse early a resume whose ``settings`` (a few of :class:`RunSettings`' names, e.g. the prior's, known before
+    the expensive stages that build the rest) differ from those of ``save_dir/last.pt``; nothing to check without
+    that checkpoint or with ``enabled`` false.
+
+    Raises:
+        ValueError: naming each differing setting, as :func:`resume_training` would after the expensive stages.
+    """
+    path = None if save_dir is None else Path(save_dir) / LAST
+    if not enabled or path is None or not path.is_file():
+        return
+    saved = torch.load(path, map_location="cpu", weights_only=False).get("settings")
+    if not isinstance(saved, Mapping):
+        return
+    diffs = RunSettings(settings).differences({k: saved.get(k, "(unset)") for k in settings})
+    if diffs:
+        raise ValueError(
+            f"{path} belongs to a run with other settings ({'; '.join(diffs)}); use a new output_dir for a new "
+            "experiment, or pass --resume False to start this one over."
+        )
+
+
 def _resume_from(save_dir: str | os.PathLike, to_load: Mapping[str, Any], record: VolumeRecord, enabled: bool = True) -> bool:
     """Load ``save_dir/last.pt`` into ``to_load`` if it exists (iteration, optimizer, scheduler, random streams).
 

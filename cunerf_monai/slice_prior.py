@@ -621,12 +621,19 @@ def run_prior(
     """Run ``prior`` on the training image ``(1, X, Y, Z)``, or (``reuse``) take ``save_dir/prior.pt`` written by an
     earlier run of the same prior on the same volume (a resumed fit does not train it again). ``None`` for no prior,
     and for a volume too small to learn from (fewer than 2 slices, or in-plane slices shorter than 2 slice
-    spacings: the field alone, with a warning)."""
-    if prior is None:
-        return None
+    spacings: the field alone, with a warning).
+
+    Raises:
+        ValueError: ``reuse`` and ``save_dir`` holds a resumable run with another prior (before training this one).
+    """
     import hashlib
 
+    from .checkpoints import check_resumable
     from .utils import atomic_path
+
+    check_resumable(save_dir, reuse, prior=describe(prior))
+    if prior is None:
+        return None
 
     vol = image[0].detach().float().cpu()
     vol = vol.as_tensor() if hasattr(vol, "as_tensor") else vol  # plain tensors: checkpoints load weights-only

@@ -13,6 +13,7 @@ import torch
 from cunerf_monai.cli import Commands, model_overrides
 from cunerf_monai.fitting import fit
 from cunerf_monai.slice_prior import PRIOR_FILE
+from cunerf_monai.utils import telling_error
 
 SHORT = {"num_iterations": 2, "epoch_length": 2, "batch_size": 256, "chunk_size": 4096, "progress": False,
          "prior_steps": 4, "prior_min_gain": -100.0, "forward_model": ["point", "point", "box"]}
@@ -107,6 +108,17 @@ def test_resumed_fit_reuses_the_stored_prior(thick_scan, tmp_path):
     assert stored.stat().st_mtime_ns == written
     assert again.prior["seconds"] == first.prior["seconds"]  # the stored stage times: it was not trained again
     assert again.network.coarse.samples.shape == first.network.coarse.samples.shape
+
+
+def test_resume_with_another_prior_is_refused_before_it_trains(thick_scan, tmp_path):
+    fit(thick_scan, tmp_path / "run", dict(SHORT))
+    stored = tmp_path / "run" / "checkpoints" / PRIOR_FILE
+    written = stored.stat().st_mtime_ns
+    with pytest.raises(RuntimeError) as refused:  # MONAI wraps the config's errors
+        fit(thick_scan, tmp_path / "run", dict(SHORT, prior_steps=5))
+    message = str(telling_error(refused.value))
+    assert "other settings (prior:" in message and "'steps': 5" in message
+    assert stored.stat().st_mtime_ns == written  # refused before training the new prior (which would rewrite it)
 
 
 def test_prior_none_keeps_the_field_on_the_lr_grid(thick_scan, tmp_path):
