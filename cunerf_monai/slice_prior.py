@@ -620,12 +620,41 @@ def run_prior(
 ) -> PriorResult | None:
     """Run ``prior`` on the training image ``(1, X, Y, Z)``, or (``reuse``) take ``save_dir/prior.pt`` written by an
     earlier run of the same prior on the same volume (a resumed fit does not train it again). ``None`` for no prior,
-    and for a volume too small to learn from (fewer than 2 slices, or in-plane slices shorter than 2 slice
-    spacings: the field alone, with a warning).
+    for a volume too small to learn from (fewer than 2 slices, or in-plane slices shorter than 2 slice spacings)
+    and for a prior that missed its gate (:func:`_accepted`): the field alone, with a warning.
+
+    Under ``torch.distributed`` rank 0 trains (or reuses) the prior and writes ``prior.pt``; every rank gets its
+    result (broadcast), so the ranks hold the same fused volume.
 
     Raises:
         ValueError: ``reuse`` and ``save_dir`` holds a resumable run with another prior (before training this one).
     """
+    from .distributed import get_rank, is_distributed
+
+    if not is_distributed():
+        result = _train_or_reuse(prior, image, save_dir, reuse)
+    else:
+        import torch.distributed as dist
+
+        payload: list[Any] = [None]
+        if get_rank() == 0:
+            try:
+                payload[0] = ("result", _train_or_reuse(prior, image, save_dir, reuse))
+            except Exception as exc:  # every rank raises rank 0's error instead of waiting for a result
+                payload[0] = ("error", exc)
+        dist.broadcast_object_list(payload, src=0)
+        kind, value = payload[0]
+        if kind == "error":
+            raise value
+        result = value
+    return None if result is None else _accepted(result, prior.settings.min_gain)
+
+
+def _train_or_reuse(
+    prior: SlicePrior | None, image: torch.Tensor, save_dir: str | None, reuse: bool
+) -> PriorResult | None:
+    """:func:`run_prior` in one process: the stored result of the same prior on the same volume, or a new one
+    (written to ``save_dir/prior.pt``); ``None`` without a prior or for a volume too small to learn from."""
     import hashlib
 
     from .checkpoints import check_resumable
@@ -634,7 +663,6 @@ def run_prior(
     check_resumable(save_dir, reuse, prior=describe(prior))
     if prior is None:
         return None
-
     vol = image[0].detach().float().cpu()
     vol = vol.as_tensor() if hasattr(vol, "as_tensor") else vol  # plain tensors: checkpoints load weights-only
     extent = [vol.shape[a] * prior.spacing[a] for a in prior.inplane]
@@ -649,12 +677,12 @@ def run_prior(
         saved = torch.load(path, map_location="cpu", weights_only=False)
         if saved.get("key") == key:
             logger.info(f"prior: reusing {path}")
-            return _accepted(saved["result"], prior.settings.min_gain)
+            return saved["result"]
     result = prior.run(vol)
     if path is not None:
         with atomic_path(path) as tmp:
             torch.save({"key": key, "result": result}, tmp)
-    return _accepted(result, prior.settings.min_gain)
+    return result
 
 
 def _accepted(result: PriorResult, min_gain: float) -> PriorResult | None:

@@ -129,14 +129,14 @@ def setup(tmp_path_factory) -> dict:
     return {"base": base, "volume": str(volume)}
 
 
-def _torchrun(setup: dict, out: Path, overlay: dict) -> subprocess.CompletedProcess:
+def _torchrun(setup: dict, out: Path, overlay: dict, volume: str | None = None, args=ARGS) -> subprocess.CompletedProcess:
     probe = out.parent / f"{out.name}_probe.json"
     probe.write_text(json.dumps(overlay))
     files = [str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json"), str(probe)]
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={NPROC}",
         "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(files),
-        "--input_image", setup["volume"], "--output_dir", str(out), *ARGS,
+        "--input_image", volume or setup["volume"], "--output_dir", str(out), *args,
     ]
     env = dict(
         os.environ, CUNERF_BUNDLE_ROOT=str(ROOT / "bundle"), OMP_NUM_THREADS="1",
@@ -216,3 +216,22 @@ def test_each_rank_resumes_its_own_random_streams(runs):
     ends = [_load(first / f"streams_end_rank{r}.pt") for r in range(NPROC)]
     assert not torch.equal(ends[0]["data"]["generator"], ends[1]["data"]["generator"])
     assert not torch.equal(ends[0]["sampler"]["generator"], ends[1]["sampler"]["generator"])
+
+
+def test_rank0_trains_the_prior_and_every_rank_holds_its_result(setup):
+    """A thick-slice volume under torchrun: only rank 0 trains the prior (both ranks log at INFO while the prior is
+    built, so a prior trained on every rank would log its training twice); both ranks fit the same fused volume."""
+    volume = setup["base"] / "thick.nii.gz"
+    i, j, k = np.meshgrid(np.arange(24), np.arange(20), np.arange(6), indexing="ij")
+    data = ((np.sin(i / 2.0) * np.cos(j / 3.0) > 0) + k / 6.0).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 4.0, 1.0])), str(volume))
+    args = [*ARGS[: ARGS.index("--prior")], "--prior", "auto", "--prior_steps", "4", "--prior_min_gain", "-100",
+            "--forward_model", json.dumps(["point", "point", "box"])]
+    out = setup["base"] / "prior"
+    res = _torchrun(setup, out, _probe_overlay(), volume=str(volume), args=args)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert (out / "checkpoints" / "prior.pt").is_file()
+    assert (res.stdout + res.stderr).count("training planes") == 1
+    final0, final1 = _load(out / "final_rank0.pt"), _load(out / "final_rank1.pt")
+    assert tuple(final0["coarse.samples"].shape) == (24, 20, 24)  # the prior's 1 mm grid along the 4 mm axis
+    _assert_same_weights(final0, final1)
