@@ -61,6 +61,16 @@ def _load(name: str) -> tuple[dict, dict] | None:
     return json.loads(row.read_text())[0], json.loads(metrics.read_text())
 
 
+def _profile(prior: dict | None) -> str:
+    """The prior's profile, or why the row is the field alone."""
+    if not prior:
+        return "no prior"
+    if not prior.get("applied", True):
+        gain = prior.get("inplane_gain_db")
+        return "stepped aside" + ("" if gain is None else f": {gain:+.2f} dB held-out")
+    return prior["profile"]
+
+
 def table_rows(volumes, scales, degradations, forward_models) -> list[dict]:
     """One record per stored row with the prior (fused), with its field-alone twin when stored."""
     rows = []
@@ -75,7 +85,7 @@ def table_rows(volumes, scales, degradations, forward_models) -> list[dict]:
         proposal = res.get("prior_proposal")  # none when the prior stepped aside (the field alone)
         rows.append({
             "row": f"{volume} ×{scale} {degradation}", "forward_model": fm,
-            "profile": m["prior"]["profile"] if m["prior"] else "stepped aside",
+            "profile": _profile(m.get("prior")),
             "best": best, "best_psnr": res[best]["psnr"],
             "field": None if field is None else field[0]["margin_psnr"],
             "prior_alone": None if proposal is None else proposal["psnr"] - res[best]["psnr"],

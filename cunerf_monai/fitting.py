@@ -152,19 +152,24 @@ def fit(
 
 
 def _prior_of(workflow: ConfigWorkflow) -> dict[str, Any] | None:
-    """What the fit's thick-slice prior was and did (``None`` without one): its settings, output grid, stage
-    times, training loss and consistency (see :mod:`cunerf_monai.slice_prior`)."""
+    """What the fit's thick-slice prior was and did (``None`` when the fit has none): its settings, whether it was
+    applied (``applied``: false when it stepped aside), its output grid, stage times, training loss, held-out in-plane
+    gain and the consistency of its output (see :mod:`cunerf_monai.slice_prior`)."""
     from .slice_prior import describe, fitted_prior
 
-    result = fitted_prior(workflow)
-    if result is None:
+    prior = workflow.parser.get_parsed_content("slice_prior") if "slice_prior" in workflow.parser else None
+    if prior is None:
         return None
-
-    return {
-        **describe(workflow.parser.get_parsed_content("slice_prior")),  # type: ignore[dict-item]
+    out: dict[str, Any] = {**describe(prior), "applied": fitted_prior(workflow) is not None}  # type: ignore[dict-item]
+    result = prior.result
+    if result is None:  # the volume was too small to learn from
+        return out
+    out.update({
         "grid": result.grid.as_dict(),
         "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
         "train_l1": round(result.train_loss, 6),
         "inplane_gain_db": round(result.inplane_gain, 3),
-        "consistency_psnr_db": round(min(result.consistency_psnr, 999.0), 1),
-    }
+    })
+    if out["applied"]:
+        out["consistency_psnr_db"] = round(min(result.consistency_psnr, 999.0), 1)
+    return out

@@ -303,6 +303,8 @@ class SlicePrior:
         self.device = torch.device(device or "cpu")
         self.progress = bool(progress)
         self.network: PlaneResidualNet | None = None
+        #: the last result :func:`run_prior` got for this prior (applied or not; ``None`` before or if too small)
+        self.result: PriorResult | None = None
 
     # ------------------------------------------------------------------ pairs
     def _pairs(self, lr: np.ndarray, grid: ThickAxisGrid) -> list[PlanePairs]:
@@ -647,6 +649,8 @@ def run_prior(
         if kind == "error":
             raise value
         result = value
+    if prior is not None:
+        prior.result = result
     return None if result is None else _accepted(result, prior.settings.min_gain)
 
 

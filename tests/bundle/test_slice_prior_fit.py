@@ -37,7 +37,7 @@ def fitted(thick_scan, tmp_path_factory):
 
 def test_prior_runs_by_default_and_the_field_holds_its_output_grid(fitted):
     result, _ = fitted
-    assert result.prior is not None and result.prior["axis"] == 2
+    assert result.prior is not None and result.prior["axis"] == 2 and result.prior["applied"] is True
     assert result.prior["grid"]["subdivision"] == 4  # 4 mm slices at the 1 mm in-plane spacing
     samples = result.network.coarse.samples
     assert tuple(samples.shape) == (24, 20, 24)
@@ -198,7 +198,8 @@ def test_prior_falls_back_to_the_field_alone_when_it_cannot_help(tmp_path):
     i, j, k = np.meshgrid(np.arange(12), np.arange(12), np.arange(4), indexing="ij")
     nib.save(nib.Nifti1Image((np.sin(i / 2.0) + k).astype(np.float32), np.diag([1.0, 1.0, 8.0, 1.0])), str(small))
     result = fit(small, tmp_path / "small", dict(SHORT))
-    assert result.prior is None and tuple(result.network.coarse.samples.shape) == (12, 12, 4)
+    assert result.prior["applied"] is False and "grid" not in result.prior
+    assert tuple(result.network.coarse.samples.shape) == (12, 12, 4)
 
 
 def test_coarse_prior_spacing_means_no_prior(thick_scan, tmp_path):
@@ -237,6 +238,7 @@ def test_prior_that_learnt_nothing_in_plane_steps_aside(thick_scan, tmp_path):
     """Its network must beat the best interpolation on held-out in-plane planes by prior_min_gain dB, else the field
     alone; a prior that steps aside is not applied (nothing stored but its verdict)."""
     result = fit(thick_scan, tmp_path / "run", dict(SHORT, prior_min_gain=100.0))
-    assert result.prior is None and tuple(result.network.coarse.samples.shape) == (24, 20, 6)
+    assert result.prior["applied"] is False and result.prior["inplane_gain_db"] < 100.0  # the verdict is recorded
+    assert tuple(result.network.coarse.samples.shape) == (24, 20, 6)
     stored = torch.load(tmp_path / "run" / "checkpoints" / "prior.pt", weights_only=False)["result"]
     assert stored.fused is None and stored.proposal is None and stored.inplane_gain < 100.0
