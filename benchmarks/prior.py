@@ -63,8 +63,8 @@ def _load(name: str) -> tuple[dict, dict] | None:
 
 def _profile(prior: dict | None) -> str:
     """The prior's profile, or why the row is the field alone."""
-    if not prior:
-        return "no prior"
+    if not prior:  # a slice-axis row of `prior: auto` stored before the verdict was recorded
+        return "stepped aside"
     if not prior.get("applied", True):
         gain = prior.get("inplane_gain_db")
         return "stepped aside" + ("" if gain is None else f": {gain:+.2f} dB held-out")

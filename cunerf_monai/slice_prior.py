@@ -643,7 +643,8 @@ def run_prior(
             try:
                 payload[0] = ("result", _train_or_reuse(prior, image, save_dir, reuse))
             except Exception as exc:  # every rank raises rank 0's error instead of waiting for a result
-                payload[0] = ("error", exc)
+                kind = type(exc) if isinstance(exc, (ValueError, OSError)) else RuntimeError
+                payload[0] = ("error", kind(str(exc)))  # a plain copy: any exception object may not pickle
         dist.broadcast_object_list(payload, src=0)
         kind, value = payload[0]
         if kind == "error":
