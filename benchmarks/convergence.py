@@ -220,8 +220,10 @@ def write_outputs(out: Path, result: dict, update_docs: bool) -> None:
     from cunerf_monai.evaluation.figures import plot_curve
 
     cases = result["cases"]
-    xs, ys = {}, {}
+    xs, ys, hlines = {}, {}, {}
     for name, case in cases.items():
+        best = max(case["baselines_psnr"], key=case["baselines_psnr"].get)
+        hlines[f"{best} ({case['degradation']})"] = case["baselines_psnr"][best]
         label = f"{FIELDS[case['field']]['label']}, {case['degradation']}"
         pts = case["points"]
         xs[label], ys[label] = [p["iteration"] + 1 for p in pts], [p["psnr"] for p in pts]
@@ -229,7 +231,7 @@ def write_outputs(out: Path, result: dict, update_docs: bool) -> None:
             xs[label + " (coarse)"] = [p["iteration"] + 1 for p in pts]
             ys[label + " (coarse)"] = [p["coarse_psnr"] if p["coarse_psnr"] is not None else float("nan") for p in pts]
     plot_curve(out / "convergence.png", xs, ys, xlabel="training iterations + 1", ylabel="PSNR on the HR crop (dB)",
-               title=f"Colin27 crop {result['crop']}³, ×{result['scale']} 3D", logx=True)
+               title=f"Colin27 crop {result['crop']}³, ×{result['scale']} 3D", logx=True, hlines=hlines)
     lines = [
         "# Convergence",
         "",
