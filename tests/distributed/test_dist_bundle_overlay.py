@@ -142,7 +142,7 @@ def _torchrun(setup: dict, out: Path, overlay: dict, volume: str | None = None, 
         os.environ, CUNERF_BUNDLE_ROOT=str(ROOT / "bundle"), OMP_NUM_THREADS="1",
         PYTHONPATH=os.pathsep.join([str(setup["base"]), os.environ.get("PYTHONPATH", "")]),
     )
-    return subprocess.run(cmd, cwd=setup["base"], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=setup["base"], env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
 
 
 @pytest.fixture(scope="module")
