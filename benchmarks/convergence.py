@@ -104,11 +104,12 @@ def run_case(field: str, degradation: str, args: argparse.Namespace) -> dict:
     from cunerf_monai.transforms.array import denormalize_intensity
 
     name = f"{field}_{degradation}_x{args.scale}"
+    iterations = schedule_of(field, args)
     work = Path(args.work) / name
     lr_path, hr, hr_affine = prepare_case(args, degradation, work)
     state_path = work / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    overrides = {"num_iterations": args.iterations, "epoch_length": args.epoch_length, "resume": True,
+    overrides = {"num_iterations": iterations, "epoch_length": args.epoch_length, "resume": True,
                  "val_interval": 10**9, "progress": False, "seed": 0}
     if args.batch.get(field):
         overrides["batch_size"] = int(args.batch[field])
@@ -117,7 +118,7 @@ def run_case(field: str, degradation: str, args: argparse.Namespace) -> dict:
     checkpoint_iteration = int(state.get("checkpoint_iteration", 0))
     points = [p for p in state.get("points", []) if p["iteration"] <= checkpoint_iteration]
     seconds_base = float(state.get("checkpoint_seconds", 0.0))
-    if points and points[-1]["iteration"] >= args.iterations:
+    if points and points[-1]["iteration"] >= iterations:
         logging.info(f"{name}: finished earlier")
         return state
     lr = nib.load(str(lr_path))
@@ -136,7 +137,7 @@ def run_case(field: str, degradation: str, args: argparse.Namespace) -> dict:
     batch = int(parser.get_parsed_content("batch_size"))
     points_per_iteration = batch * inferer.points_per_target(training=True)
     grid = TargetGrid(tuple(hr.shape), hr_affine)  # type: ignore[arg-type]
-    marks = eval_marks(args.iterations)
+    marks = eval_marks(iterations)
     clock = {"session": 0.0, "start": 0.0, "resumed_at": None}
 
     def score(render: torch.Tensor) -> float:
@@ -164,7 +165,7 @@ def run_case(field: str, degradation: str, args: argparse.Namespace) -> dict:
             state["checkpoint_seconds"] = round(seconds_base + clock["session"], 2)
         state.update({"field": field, "degradation": degradation, "overrides": overrides, "points": points,
                       "baselines_psnr": baselines, "batch_size": batch, "points_per_iteration": points_per_iteration,
-                      "hr_shape": list(hr.shape), "train_seconds": round(seconds_base + clock["session"], 1)})
+                      "iterations": iterations, "hr_shape": list(hr.shape), "train_seconds": round(seconds_base + clock["session"], 1)})
         _save(state_path, state)
 
     @trainer.on(Events.STARTED)
@@ -184,7 +185,7 @@ def run_case(field: str, degradation: str, args: argparse.Namespace) -> dict:
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _epoch(engine) -> None:  # the workflow's checkpoint of this epoch is written right after this handler
-        if args.minutes is not None and clock["session"] >= args.minutes * 60.0 and engine.state.iteration < args.iterations:
+        if args.minutes is not None and clock["session"] >= args.minutes * 60.0 and engine.state.iteration < iterations:
             logging.info(f"{name}: stopping after {clock['session']:.0f} s of training in this run (resumable)")
             measure(engine, stopping=True)  # the last iteration trained is measured too
             engine.terminate()
@@ -193,6 +194,11 @@ def run_case(field: str, degradation: str, args: argparse.Namespace) -> dict:
     workflow.run()
     workflow.finalize()
     return state
+
+
+def schedule_of(field: str, args: argparse.Namespace) -> int:
+    """The schedule length of ``field``'s cases: ``--field-iterations`` for that field, else ``--iterations``."""
+    return int(args.field_iterations.get(field, args.iterations))
 
 
 def flops_estimate(args: argparse.Namespace, batch: int = 16) -> dict:
@@ -236,14 +242,14 @@ def write_outputs(out: Path, result: dict, update_docs: bool) -> None:
         "# Convergence",
         "",
         f"Machine: {result['machine']}",
-        f"Colin27 central crop {result['crop']}³ (HR), ×{result['scale']} 3D; schedule {result['iterations']} iterations "
-        f"(learning-rate decay compressed into it); budget: {result['budget']}. PSNR of the whole HR crop; the final "
+        f"Colin27 central crop {result['crop']}³ (HR), ×{result['scale']} 3D; schedule: the iterations the learning-rate "
+        f"decay is compressed into (column `schedule`); budget: {result['budget']}. PSNR of the whole HR crop; the final "
         "render is the fine network's when the config renders a fine pass, the coarse network's render beside it; "
         "training points/s is the mean since the start of the run that trained up to that iteration.",
         "",
-        "| field | degradation | batch (cubes × points) | iteration | training time (s) | training points/s | final PSNR "
-        "| coarse PSNR | best aligned baseline |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| field | degradation | batch (cubes × points) | schedule | iteration | training time (s) | training points/s "
+        "| final PSNR | coarse PSNR | best aligned baseline |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for case in cases.values():
         best = max(case["baselines_psnr"], key=case["baselines_psnr"].get)
@@ -253,7 +259,7 @@ def write_outputs(out: Path, result: dict, update_docs: bool) -> None:
             coarse = f"{p['coarse_psnr']:.2f}" if p["coarse_psnr"] is not None else "—"
             lines.append(
                 f"| {FIELDS[case['field']]['label']} | {case['degradation']} | {case['batch_size']} × {per_cube} "
-                f"| {p['iteration']} | {p['seconds']:.0f} | {rate} | {p['psnr']:.2f} | {coarse} "
+                f"| {case.get('iterations', result['iterations'])} | {p['iteration']} | {p['seconds']:.0f} | {rate} | {p['psnr']:.2f} | {coarse} "
                 f"| {best} {case['baselines_psnr'][best]:.2f} |"
             )
     est = result.get("estimate")
@@ -296,7 +302,7 @@ def run(args: argparse.Namespace) -> Path:
             case = run_case(field, degradation, args)
             result["cases"][f"{field}_{degradation}_x{args.scale}"] = {
                 k: case[k] for k in ("field", "degradation", "batch_size", "points_per_iteration", "points",
-                                     "baselines_psnr", "train_seconds")}
+                                     "baselines_psnr", "train_seconds", "iterations")}
             _save(path, result)
             write_outputs(out, result, args.update_docs)
     return out / "convergence.md"
@@ -310,6 +316,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fields", nargs="+", default=list(FIELDS), choices=sorted(FIELDS))
     p.add_argument("--degradations", nargs="+", default=["nearest", "box"], choices=["nearest", "box"])
     p.add_argument("--iterations", type=int, default=256, help="schedule length (the learning-rate decay spans it)")
+    p.add_argument("--field-iterations", dest="field_iterations", type=json.loads, default={},
+                   help='schedule length per field, overriding --iterations (JSON, e.g. \'{"hashgrid": 1024}\')')
     p.add_argument("--epoch-length", dest="epoch_length", type=int, default=16, help="iterations per checkpoint")
     p.add_argument("--batch", type=json.loads, default={"paper": 256},
                    help='cubes per iteration per field as JSON (default: the paper config at 256 cubes, not 2048)')
