@@ -38,7 +38,6 @@ __all__ = [
     "box_resampling_matrix",
     "apply_along_axis",
     "keys_weights",
-    "linear_interpolation_matrix",
     "baseline_interpolation_matrices",
 ]
 
@@ -156,34 +155,16 @@ def interpolation_matrix(
     return mat / mat.sum(axis=1, keepdims=True)
 
 
-def linear_interpolation_matrix(
-    src_positions: Sequence[float] | np.ndarray, dst_positions: Sequence[float] | np.ndarray
-) -> np.ndarray:
-    """Linear interpolation from uniform samples at ``src_positions`` ``(n_src,)`` to ``dst_positions``:
-    ``(n_dst, n_src)``, positions beyond the outermost samples clamped onto them (the aligned trilinear baseline
-    along one axis)."""
-    n, u = _source_index(src_positions, dst_positions)
-    if n == 1:
-        return np.ones((u.size, 1))
-    base = np.clip(np.floor(u), 0, n - 2).astype(np.int64)
-    t = u - base
-    mat = np.zeros((u.size, n))
-    rows = np.arange(u.size)
-    mat[rows, base] = 1.0 - t
-    mat[rows, base + 1] += t
-    return mat
-
-
 def baseline_interpolation_matrices(
     src_positions: Sequence[float] | np.ndarray, dst_positions: Sequence[float] | np.ndarray
 ) -> dict[str, np.ndarray]:
     """The aligned interpolation baselines along one axis, ``{name: (n_dst, n_src)}`` for ``"trilinear"``,
-    ``"keys"`` and ``"bspline"`` (the names of :data:`cunerf_monai.evaluation.BASELINES`)."""
-    return {
-        "trilinear": linear_interpolation_matrix(src_positions, dst_positions),
-        "keys": interpolation_matrix(src_positions, dst_positions),
-        "bspline": bspline_interpolation_matrix(src_positions, dst_positions),
-    }
+    ``"keys"`` and ``"bspline"``: the 1D operators of :func:`cunerf_monai.evaluation.resample_to_grid`, positions
+    beyond the outermost samples clamped onto them."""
+    from .evaluation.baselines import _weights_1d  # here: the evaluation package imports the prior, which imports this
+
+    n, u = _source_index(src_positions, dst_positions)
+    return {name: _weights_1d(u, n, name) for name in ("trilinear", "keys", "bspline")}
 
 
 def bspline_interpolation_matrix(

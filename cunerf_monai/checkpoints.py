@@ -168,7 +168,8 @@ def check_resumable(save_dir: str | os.PathLike | None, enabled: bool = True, **
     path = None if save_dir is None else Path(save_dir) / LAST
     if not enabled or path is None or not path.is_file():
         return
-    saved = torch.load(path, map_location="cpu", weights_only=False).get("settings")
+    # memory-mapped: only the settings are read here; the tensors are loaded once, by the resume itself
+    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("settings")
     if not isinstance(saved, Mapping):
         return
     diffs = RunSettings(settings).differences({k: saved.get(k, "(unset)") for k in settings})
