@@ -157,7 +157,7 @@ def _prior_of(workflow: ConfigWorkflow) -> dict[str, Any] | None:
     gain and the consistency of its output (see :mod:`cunerf_monai.slice_prior`)."""
     from .slice_prior import describe, fitted_prior
 
-    prior = workflow.parser.get_parsed_content("slice_prior") if "slice_prior" in workflow.parser else None
+    prior = workflow.parser.get_parsed_content("learned_prior") if "learned_prior" in workflow.parser else None
     if prior is None:
         return None
     out: dict[str, Any] = {**describe(prior), "applied": fitted_prior(workflow) is not None}  # type: ignore[dict-item]
@@ -165,7 +165,7 @@ def _prior_of(workflow: ConfigWorkflow) -> dict[str, Any] | None:
     if result is None:  # the volume was too small to learn from
         return out
     out.update({
-        "grid": result.grid.as_dict(),
+        "grids": [grid.as_dict() for grid in result.grids],
         "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
         "train_l1": round(result.train_loss, 6),
         "inplane_gain_db": round(result.inplane_gain, 3),

@@ -56,7 +56,7 @@ __all__ = [
     "PriorResult",
     "SlicePrior",
     "thick_axis",
-    "slice_prior_for",
+    "prior_for",
     "describe",
     "run_prior",
     "field_grid",
@@ -240,14 +240,14 @@ class PriorSettings:
 
 @dataclass
 class PriorResult:
-    """What :meth:`SlicePrior.run` returns (volumes with the thick axis on the output grid; ``None`` when the
+    """What :meth:`SlicePrior.run` returns (volumes with the upsampled axes on their output grids; ``None`` when the
     network missed ``min_gain`` and the prior was not applied).
 
     Attributes:
-        fused: the consistent result ``(X, Y, Z')``.
-        proposal: the network's proposal before the correction ``(X, Y, Z')``.
-        uncertainty: half the disagreement of the two orientations ``(X, Y, Z')``.
-        grid: the output grid along the thick axis.
+        fused: the consistent result ``(X', Y', Z')``.
+        proposal: the network's proposal before the (last) correction ``(X', Y', Z')``.
+        uncertainty: half the disagreement of the two orientations ``(X', Y', Z')``.
+        grids: the output grids of the axes the prior upsampled, in the order it upsampled them.
         consistency_psnr: PSNR (dB) of the fused volume degraded by the forward model against the LR volume.
         train_loss: mean L1 loss of the last tenth of the training steps.
         seconds: wall time per stage (``pairs``, ``train``, ``apply``).
@@ -258,15 +258,74 @@ class PriorResult:
     fused: torch.Tensor | None
     proposal: torch.Tensor | None
     uncertainty: torch.Tensor | None
-    grid: ThickAxisGrid
+    grids: tuple[ThickAxisGrid, ...]
     consistency_psnr: float
     train_loss: float
     seconds: dict[str, float] = field(default_factory=dict)
     inplane_gain: float = float("nan")
 
 
+def degraded_pairs(
+    images: np.ndarray,
+    pixel: float,
+    target: float,
+    lr_spacing: float,
+    profile: str,
+    width: float,
+    start_matrix: Any,
+    held: np.ndarray,
+) -> PlanePairs | None:
+    """Pairs from sharp planes degraded along their first axis as the LR was made along the axis to upsample.
+
+    Args:
+        images: ``(N, n, W)`` sharp planes, spacing ``pixel`` (mm) along axis 1.
+        pixel: their spacing along the degraded axis (mm).
+        target: the output spacing ``q`` (mm): the targets are the planes resampled to it by partial volume
+            (unchanged when ``q`` equals ``pixel``).
+        lr_spacing: ``s``, the spacing of the degraded samples (mm), ``r = round(s / q)`` output samples apart.
+        profile, width: the footprint of a degraded sample (``point``, ``box`` or ``gaussian``; width in mm).
+        start_matrix: ``(centres, positions, spacing, width) → (n_out, n_lr)``, the network's input operator.
+        held: ``(N,)`` bool, the planes held out of training.
+
+    Returns:
+        :class:`PlanePairs` over every phase of the ``q`` grid (``H`` = the ``q`` grid), or ``None`` when a plane is
+        shorter than two degraded samples.
+    """
+    s, q = float(lr_spacing), float(target)
+    r = max(1, int(round(s / q)))
+    n = images.shape[1]
+    src = pixel * np.arange(n)
+    count = max(2, int(math.floor(n * pixel / q + 1e-6)))
+    dst = src[0] - pixel / 2.0 + q / 2.0 + q * np.arange(count)  # the q grid tiling the plane's extent
+    resample = np.eye(n) if abs(q - pixel) < 1e-6 * pixel else box_resampling_matrix(src, pixel, dst, q)
+    targets = np.einsum("ij,sjw->siw", resample, images)
+    offset = 0.0 if profile == "point" else (r - 1) * q / 2.0
+    inputs, outs, holds = [], [], []
+    baselines: dict[str, list[np.ndarray]] = {}
+    for phase in range(r):
+        first = dst[0] + offset + phase * q
+        centres = first + s * np.arange(int(math.floor((dst[-1] - first) / s)) + 1)
+        if centres.size < 2:
+            continue
+        a_mat = footprint_matrix(centres, dst, q, profile, width)
+        inputs.append(np.einsum("ij,sjw->siw", start_matrix(centres, dst, q, width) @ a_mat, targets))
+        outs.append(targets)
+        holds.append(held)
+        for name, b_mat in baseline_interpolation_matrices(centres, dst).items():
+            baselines.setdefault(name, []).append(np.einsum("ij,sjw->siw", b_mat @ a_mat, targets[held]))
+    if not inputs:
+        return None
+    return PlanePairs(
+        np.concatenate(inputs).astype(np.float32),
+        np.concatenate(outs).astype(np.float32),
+        np.concatenate(holds),
+        {name: np.concatenate(v).astype(np.float32) for name, v in baselines.items()},
+    )
+
+
 class SlicePrior:
-    """Train the in-plane prior on one LR volume and apply it through-plane (see the module docstring).
+    """Train the in-plane prior on one LR volume and apply it through-plane (see the module docstring). The base of
+    :class:`~cunerf_monai.cross_scale_prior.CrossScalePrior` (one mechanism, other pairs).
 
     Args:
         spacing: LR voxel spacing per axis (mm).
@@ -278,6 +337,8 @@ class SlicePrior:
         device: where the network runs (default: CPU).
         progress: show progress bars.
     """
+
+    kind = "slices"
 
     def __init__(
         self,
@@ -307,45 +368,19 @@ class SlicePrior:
         self.result: PriorResult | None = None
 
     # ------------------------------------------------------------------ pairs
-    def _pairs(self, lr: np.ndarray, grid: ThickAxisGrid) -> list[PlanePairs]:
+    def _pairs(self, lr: np.ndarray, grids: Sequence[ThickAxisGrid]) -> list[PlanePairs]:
         """Training pairs, one :class:`PlanePairs` per in-plane axis degraded (``H`` along it on the ``q`` grid,
         ``W`` along the other in-plane axis), every phase of the ``q`` grid; the planes of every
         :data:`HOLDOUT_EVERY`-th in-plane slice are held out, with their aligned-baseline interpolations."""
-        s, q, r = grid.lr_spacing, grid.spacing, grid.subdivision
         slices = np.moveaxis(lr, self.axis, 0)  # (n_t, n_a, n_b): in-plane slices
-        held_slices = held_out_slices(slices.shape[0])
+        held = held_out_slices(slices.shape[0])
         groups = []
         for k, a in enumerate(self.inplane):
-            p = self.spacing[a]
             images = slices if k == 0 else np.swapaxes(slices, 1, 2)  # degraded in-plane axis first
-            n = images.shape[1]
-            src = p * np.arange(n)
-            count = max(2, int(math.floor(n * p / q + 1e-6)))
-            dst = src[0] - p / 2.0 + q / 2.0 + q * np.arange(count)  # the q grid tiling the slice's extent
-            resample = np.eye(n) if abs(q - p) < 1e-6 * p else box_resampling_matrix(src, p, dst, q)
-            targets = np.einsum("ij,sjw->siw", resample, images)
-            offset = 0.0 if self.profile == "point" else (r - 1) * q / 2.0
-            inputs, outs, held = [], [], []
-            baselines: dict[str, list[np.ndarray]] = {}
-            for phase in range(r):
-                first = dst[0] + offset + phase * q
-                centres = first + s * np.arange(int(math.floor((dst[-1] - first) / s)) + 1)
-                if centres.size < 2:
-                    continue
-                a_mat = footprint_matrix(centres, dst, q, self.profile, self.width)
-                u_mat = self._start_matrix(centres, dst, q, self.width)
-                inputs.append(np.einsum("ij,sjw->siw", u_mat @ a_mat, targets))
-                outs.append(targets)
-                held.append(held_slices)
-                for name, b_mat in baseline_interpolation_matrices(centres, dst).items():
-                    baselines.setdefault(name, []).append(np.einsum("ij,sjw->siw", b_mat @ a_mat, targets[held_slices]))
-            if inputs:
-                groups.append(PlanePairs(
-                    np.concatenate(inputs).astype(np.float32),
-                    np.concatenate(outs).astype(np.float32),
-                    np.concatenate(held),
-                    {name: np.concatenate(v).astype(np.float32) for name, v in baselines.items()},
-                ))
+            pairs = degraded_pairs(images, self.spacing[a], grids[0].spacing, grids[0].lr_spacing, self.profile, self.width,
+                                   self._start_matrix, held)
+            if pairs is not None:
+                groups.append(pairs)
         if not groups:
             raise ValueError("the in-plane slices are too small to make training pairs for the prior.")
         return groups
@@ -361,6 +396,31 @@ class SlicePrior:
             interpolation_matrix(lr_positions, fine_positions),
             footprint_matrix(lr_positions, fine_positions, fine_spacing, self.profile, width),
         )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The prior's settings as JSON (see :func:`describe`)."""
+        return {
+            "kind": self.kind,
+            "axis": self.axis,
+            "profile": self.profile,
+            "width_mm": round(self.width, 4),
+            "target_spacing_mm": round(self.target_spacing, 4),
+            **self._training_dict(),
+            "gate": "held-out in-plane planes vs the best of trilinear/keys/bspline",
+        }
+
+    def _training_dict(self) -> dict[str, Any]:
+        """How the network is trained and applied, as JSON."""
+        st = self.settings
+        return {
+            "steps": st.steps, "batch_size": st.batch_size, "patch": st.patch, "channels": st.channels,
+            "layers": st.layers, "learning_rate": st.learning_rate, "covariance_width": st.covariance_width,
+            "start": self.start, "min_gain": st.min_gain, "flips": st.flips, "seed": st.seed,
+        }
+
+    def footprint(self, axis: int) -> tuple[str, float]:
+        """The profile and width (mm) of the LR voxels along ``axis``, an axis the prior upsamples."""
+        return self.profile, self.width
 
     @property
     def start(self) -> str:
@@ -474,30 +534,32 @@ class SlicePrior:
 
     def propose(self, lr: torch.Tensor, grid: ThickAxisGrid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(proposal, uncertainty, interpolated)``, each ``(X, Y, Z)`` with the thick axis on ``grid``."""
+        axis, inplane = grid.axis, [a for a in range(3) if a != grid.axis]
         lr_positions = np.arange(grid.lr_count, dtype=np.float64)
-        start = self._start_matrix(lr_positions, grid.positions(), grid.step, self.width / grid.lr_spacing)
-        upsampled = apply_along_axis(start, lr, self.axis)
-        vol = torch.movedim(upsampled, (self.axis, *self.inplane), (2, 0, 1))  # (A, B, T')
+        start = self._start_matrix(lr_positions, grid.positions(), grid.step, self.footprint(axis)[1] / grid.lr_spacing)
+        upsampled = apply_along_axis(start, lr, axis)
+        vol = torch.movedim(upsampled, (axis, *inplane), (2, 0, 1))  # (A, B, T')
         first = self._planes(vol.permute(0, 2, 1).contiguous()).permute(0, 2, 1)  # planes (T', B) over A
         second = self._planes(vol.permute(1, 2, 0).contiguous()).permute(2, 0, 1)  # planes (T', A) over B
         back = (2, 0, 1)
-        proposal = torch.movedim((first + second) / 2.0, back, (self.axis, *self.inplane))
-        uncertainty = torch.movedim((first - second).abs() / 2.0, back, (self.axis, *self.inplane))
+        proposal = torch.movedim((first + second) / 2.0, back, (axis, *inplane))
+        uncertainty = torch.movedim((first - second).abs() / 2.0, back, (axis, *inplane))
         return proposal, uncertainty, upsampled
 
     def forward_operator(self, grid: ThickAxisGrid) -> np.ndarray:
-        """``A`` ``(n_lr, n_out)``: the LR voxels along the thick axis from the output grid (the forward model)."""
-        width = self.width / grid.lr_spacing  # in LR voxels
-        return footprint_matrix(np.arange(grid.lr_count, dtype=np.float64), grid.positions(), grid.step, self.profile, width)
+        """``A`` ``(n_lr, n_out)``: the LR voxels along ``grid.axis`` from the output grid (the forward model)."""
+        profile, width = self.footprint(grid.axis)
+        positions = np.arange(grid.lr_count, dtype=np.float64)
+        return footprint_matrix(positions, grid.positions(), grid.step, profile, width / grid.lr_spacing)  # LR voxels
 
     def make_consistent(self, proposal: torch.Tensor, lr: torch.Tensor, grid: ThickAxisGrid) -> tuple[torch.Tensor, float]:
-        """``x + P (y − A x)`` along the thick axis; returns the result and its consistency PSNR (dB, range 1)."""
+        """``x + P (y − A x)`` along ``grid.axis``; returns the result and its consistency PSNR (dB, range 1)."""
         a_mat = self.forward_operator(grid)
         p_mat = consistent_correction(a_mat, self.settings.covariance_width)
         lr = lr.to(proposal.dtype)
-        residual = lr - apply_along_axis(a_mat, proposal, self.axis)  # LR-sized
-        fused = proposal + apply_along_axis(p_mat, residual, self.axis)
-        mse = float(torch.mean((apply_along_axis(a_mat, fused, self.axis) - lr).double() ** 2))
+        residual = lr - apply_along_axis(a_mat, proposal, grid.axis)  # LR-sized along grid.axis
+        fused = proposal + apply_along_axis(p_mat, residual, grid.axis)
+        mse = float(torch.mean((apply_along_axis(a_mat, fused, grid.axis) - lr).double() ** 2))
         return fused, (float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse))
 
     def grid_for(self, lr_shape: Sequence[int]) -> ThickAxisGrid:
@@ -506,37 +568,76 @@ class SlicePrior:
             self.axis, int(lr_shape[self.axis]), self.spacing[self.axis], self.target_spacing, self.profile
         )
 
+    def grids_for(self, lr_shape: Sequence[int]) -> tuple[ThickAxisGrid, ...]:
+        """The output grids of the axes the prior upsamples, in the order it upsamples them (here: the thick axis)."""
+        return (self.grid_for(lr_shape),)
+
+    def too_small(self, lr_shape: Sequence[int]) -> bool:
+        """Whether a volume of ``lr_shape`` is too small to learn from: fewer than 2 slices, or in-plane slices
+        shorter than 2 slice spacings."""
+        extent = [lr_shape[a] * self.spacing[a] for a in self.inplane]
+        return lr_shape[self.axis] < 2 or min(extent) < 2.0 * self.spacing[self.axis]
+
+    def summary(self, grids: Sequence[ThickAxisGrid]) -> str:
+        """One line on what the prior learns (for the log)."""
+        grid = grids[0]
+        return (f"thick axis {self.axis} ({self.profile} {self.width:.2f} mm at {grid.lr_spacing:.2f} mm) → output "
+                f"spacing {grid.spacing:.3f} mm (×{grid.subdivision})")
+
+    def apply(self, lr: torch.Tensor, grids: Sequence[ThickAxisGrid]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(fused, proposal, uncertainty)`` on the output grids: along each grid's axis in turn the network's
+        proposal (:meth:`propose`) made consistent with the volume so far (:meth:`make_consistent`). ``proposal`` is
+        the last axis' proposal; the uncertainty of earlier axes is carried along later ones by linear
+        interpolation and combined with theirs in quadrature."""
+        fused, uncertainty, proposal = lr, None, lr
+        for grid in grids:
+            proposal, spread, _ = self.propose(fused, grid)
+            if uncertainty is not None:
+                carry = baseline_interpolation_matrices(np.arange(grid.lr_count, dtype=np.float64), grid.positions())
+                moved = apply_along_axis(carry["trilinear"], uncertainty, grid.axis).to(spread.dtype)
+                spread = torch.sqrt(spread**2 + moved**2)
+            uncertainty = spread
+            fused, _ = self.make_consistent(proposal, fused, grid)
+        return fused, proposal, uncertainty
+
+    def consistency_psnr(self, fused: torch.Tensor, lr: torch.Tensor, grids: Sequence[ThickAxisGrid]) -> float:
+        """PSNR (dB, range 1) of ``fused`` degraded along every grid's axis by the forward model against ``lr``."""
+        degraded = fused
+        for grid in grids:
+            degraded = apply_along_axis(self.forward_operator(grid), degraded, grid.axis)
+        mse = float(torch.mean((degraded.double() - lr.double()) ** 2))
+        return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
     def run(self, lr: torch.Tensor | np.ndarray) -> PriorResult:
-        """Train on ``lr`` ``(X, Y, Z)`` (normalised intensities) and return the fused volume on the output grid."""
+        """Train on ``lr`` ``(X, Y, Z)`` (normalised intensities) and return the fused volume on the output grids."""
         vol = torch.as_tensor(np.asarray(lr, dtype=np.float32)) if not isinstance(lr, torch.Tensor) else lr.float().cpu()
         if vol.ndim != 3:
             raise ValueError(f"the prior takes a 3D volume (X, Y, Z), got shape {tuple(vol.shape)}.")
-        grid = self.grid_for(vol.shape)
+        grids = self.grids_for(vol.shape)
         seconds: dict[str, float] = {}
         start = time.perf_counter()
-        groups = self._pairs(vol.numpy(), grid)
+        groups = self._pairs(vol.numpy(), grids)
         seconds["pairs"] = time.perf_counter() - start
         logger.info(
-            f"prior: thick axis {self.axis} ({self.profile} {self.width:.2f} mm at {grid.lr_spacing:.2f} mm) → output "
-            f"spacing {grid.spacing:.3f} mm (×{grid.subdivision}); "
-            f"{sum(int((~g.held).sum()) for g in groups)} training planes, {sum(int(g.held.sum()) for g in groups)} held out"
+            f"prior: {self.summary(grids)}; {sum(int((~g.held).sum()) for g in groups)} training planes, "
+            f"{sum(int(g.held.sum()) for g in groups)} held out"
         )
         start = time.perf_counter()
         loss = self.train([g.training() for g in groups])
         gains = self.inplane_gain(groups)
         gain = gains["best"]
         seconds["train"] = time.perf_counter() - start
-        summary = (f"prior: train L1 {loss:.4f}, held-out in-plane gain {gain:+.2f} dB over {gains['best_baseline']} "
+        summary = (f"prior: train L1 {loss:.4f}, held-out gain {gain:+.2f} dB over {gains['best_baseline']} "
                    f"({gains['start']:+.2f} dB over its input)")
         if not gain >= self.settings.min_gain:  # stepped aside: not applied (run_prior says so)
             logger.info(f"{summary}, seconds {seconds}")
-            return PriorResult(None, None, None, grid, float("nan"), loss, seconds, gain)
+            return PriorResult(None, None, None, grids, float("nan"), loss, seconds, gain)
         start = time.perf_counter()
-        proposal, uncertainty, _ = self.propose(vol, grid)
-        fused, consistency = self.make_consistent(proposal, vol, grid)
+        fused, proposal, uncertainty = self.apply(vol, grids)
+        consistency = self.consistency_psnr(fused, vol, grids)
         seconds["apply"] = time.perf_counter() - start
         logger.info(f"{summary}, consistency {consistency:.1f} dB, seconds {seconds}")
-        return PriorResult(fused, proposal, uncertainty, grid, consistency, loss, seconds, gain)
+        return PriorResult(fused, proposal, uncertainty, grids, consistency, loss, seconds, gain)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -545,7 +646,7 @@ class SlicePrior:
 PRIOR_FILE = "prior.pt"
 
 
-def slice_prior_for(
+def prior_for(
     forward: Any,
     mode: str = "auto",
     target_spacing: float | Sequence[float] | None = None,
@@ -557,28 +658,34 @@ def slice_prior_for(
 ) -> SlicePrior | None:
     """The prior a fit uses, or ``None`` (the field alone).
 
+    A scan with a thick axis (:func:`thick_axis`) gets the thick-slice prior (:class:`SlicePrior`). Any other scan
+    gets the cross-scale prior (:class:`~cunerf_monai.cross_scale_prior.CrossScalePrior`) when ``target_spacing``
+    asks for at least twice its resolution on some axis: it states no finer spacing of its own, so the fit is told
+    where the render goes (``evaluate`` passes the HR grid's spacing); without one, the field alone.
+
     Args:
         forward: the fit's :class:`~cunerf_monai.forward_model.ForwardModel` (spacing, profile and width per axis).
-        mode: ``"auto"`` (a prior when the scan has a thick axis) or ``"none"``.
-        target_spacing: output spacing along the thick axis in mm (one number, or three of which the thick axis'
-            is used); ``None``: the finest in-plane spacing.
+        mode: ``"auto"`` (a prior as above) or ``"none"``.
+        target_spacing: output spacing in mm, one number or three (the thick-slice prior uses the thick axis'
+            value; ``None``: the finest in-plane spacing there, no cross-scale prior).
         steps, seed: training steps and seed (:class:`PriorSettings`).
         device, progress: where the network runs; progress bars.
-        min_gain: in-plane gain (dB) the network must reach for the prior to be used (:class:`PriorSettings`).
+        min_gain: held-out gain (dB) the network must reach for the prior to be used (:class:`PriorSettings`).
     """
     mode = check_option(mode, PriorMode, "prior")
-    axis = thick_axis(forward.spacing)
-    if mode == "none" or axis is None:
-        if mode == "auto":
-            logger.info(f"prior: none (no thick axis in spacing {[round(s, 3) for s in forward.spacing]})")
+    if mode == "none":
         return None
-    target = None
+    values = None
     if target_spacing is not None:
         values = np.asarray(target_spacing, dtype=np.float64).reshape(-1)
         if values.size not in (1, 3) or not np.all(np.isfinite(values)) or np.any(values <= 0):
             raise ValueError(f"prior_spacing must be one positive number or three (mm), got {target_spacing!r}.")
-        target = float(values[axis] if values.size == 3 else values[0])
+        values = np.broadcast_to(values, (3,))
     settings = PriorSettings(steps=int(steps), seed=int(seed), min_gain=float(min_gain))
+    axis = thick_axis(forward.spacing)
+    if axis is None:
+        return _cross_scale_for(forward, values, settings, device, progress)
+    target = None if values is None else float(values[axis])
     prior = SlicePrior(forward.spacing, forward.profiles[axis], forward.widths[axis], target, settings, device, progress)
     if target is not None and target < prior.target_spacing:
         logger.warning(f"prior: prior_spacing {target:g} mm is finer than the in-plane spacing; using "
@@ -591,30 +698,30 @@ def slice_prior_for(
     return prior
 
 
+def _cross_scale_for(
+    forward: Any, targets: np.ndarray | None, settings: PriorSettings, device: Any, progress: bool
+) -> SlicePrior | None:
+    """:func:`prior_for` on a scan without a thick axis: the cross-scale prior, or ``None`` (logged why)."""
+    from .cross_scale_prior import CrossScalePrior
+
+    spacing = [round(s, 3) for s in forward.spacing]
+    if targets is None:
+        logger.info(f"prior: none (no thick axis in spacing {spacing}; prior_spacing names the output spacing the "
+                    f"cross-scale prior works at)")
+        return None
+    if len(set(forward.profiles)) > 1:
+        logger.info(f"prior: none (the cross-scale prior needs one voxel profile, got {list(forward.profiles)})")
+        return None
+    if all(round(s / t) < 2 for s, t in zip(forward.spacing, targets)):
+        logger.info(f"prior: none (prior_spacing {[float(t) for t in targets]} mm is not half the spacing {spacing} "
+                    f"on any axis)")
+        return None
+    return CrossScalePrior(forward.spacing, forward.profiles[0], forward.widths, targets, settings, device, progress)
+
+
 def describe(prior: SlicePrior | None) -> dict[str, Any] | str:
     """The prior's settings as JSON (for the checkpoint's settings, ``fit.json`` and the tracking params)."""
-    if prior is None:
-        return "none"
-    st = prior.settings
-    return {
-        "kind": "slices",
-        "axis": prior.axis,
-        "profile": prior.profile,
-        "width_mm": round(prior.width, 4),
-        "target_spacing_mm": round(prior.target_spacing, 4),
-        "steps": st.steps,
-        "batch_size": st.batch_size,
-        "patch": st.patch,
-        "channels": st.channels,
-        "layers": st.layers,
-        "learning_rate": st.learning_rate,
-        "covariance_width": st.covariance_width,
-        "start": prior.start,
-        "min_gain": st.min_gain,
-        "gate": "held-out in-plane planes vs the best of trilinear/keys/bspline",
-        "flips": st.flips,
-        "seed": st.seed,
-    }
+    return "none" if prior is None else prior.as_dict()
 
 
 def run_prior(
@@ -622,7 +729,7 @@ def run_prior(
 ) -> PriorResult | None:
     """Run ``prior`` on the training image ``(1, X, Y, Z)``, or (``reuse``) take ``save_dir/prior.pt`` written by an
     earlier run of the same prior on the same volume (a resumed fit does not train it again). ``None`` for no prior,
-    for a volume too small to learn from (fewer than 2 slices, or in-plane slices shorter than 2 slice spacings)
+    for a volume too small to learn from (:meth:`SlicePrior.too_small`)
     and for a prior that missed its gate (:func:`_accepted`): the field alone, with a warning.
 
     Under ``torch.distributed`` rank 0 trains (or reuses) the prior and writes ``prior.pt``; every rank gets its
@@ -670,9 +777,8 @@ def _train_or_reuse(
         return None
     vol = image[0].detach().float().cpu()
     vol = vol.as_tensor() if hasattr(vol, "as_tensor") else vol  # plain tensors: checkpoints load weights-only
-    extent = [vol.shape[a] * prior.spacing[a] for a in prior.inplane]
-    if vol.shape[prior.axis] < 2 or min(extent) < 2.0 * prior.spacing[prior.axis]:
-        logger.warning(f"prior: none (volume {tuple(vol.shape)} too small to learn its thick axis from)")
+    if prior.too_small(tuple(vol.shape)):
+        logger.warning(f"prior: none (volume {tuple(vol.shape)} too small to learn from)")
         return None
     affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
     digest = hashlib.sha256(vol.numpy().tobytes() + affine.tobytes()).hexdigest()
@@ -704,8 +810,8 @@ def field_grid(result: PriorResult | None) -> dict[str, list[float]]:
     """``origin`` and ``step`` per axis (LR voxels) of the grid field's samples: the prior's output grid along the
     thick axis, the LR voxels elsewhere (also without a prior)."""
     origin, step = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
-    if result is not None:
-        origin[result.grid.axis], step[result.grid.axis] = result.grid.origin, result.grid.step
+    for grid in () if result is None else result.grids:
+        origin[grid.axis], step[grid.axis] = grid.origin, grid.step
     return {"origin": origin, "step": step}
 
 
@@ -735,10 +841,12 @@ def field_iterations(num_iterations: int, result: PriorResult | None) -> int:
 def render_forward(forward: Any, result: PriorResult | None) -> Any:
     """The forward model the field is fitted through: with a prior, ``r`` samples across a thick box or Gaussian
     voxel (on the output grid, where the fused volume is exactly consistent); else ``forward`` unchanged."""
-    if result is None or forward.profiles[result.grid.axis] == "point":
+    if result is None:
         return forward
     samples = list(forward.samples)
-    samples[result.grid.axis] = result.grid.subdivision
+    for grid in result.grids:
+        if forward.profiles[grid.axis] != "point":
+            samples[grid.axis] = grid.subdivision
     return replace(forward, samples=tuple(samples))
 
 

@@ -60,6 +60,16 @@ def tiny_array(shape: Sequence[int] = TINY_SHAPE, dtype=np.float32, cross: float
     return (100 + 80 * np.sin(i / 3.0) * np.cos(j / 4.0) + 10 * k + cross * i * j).astype(dtype)
 
 
+def blocks(n: int = 48, count: int = 60, seed: int = 0) -> np.ndarray:
+    """A volume ``(n, n, n)`` of overlapping axis-aligned blocks: sharp edges along every axis, in ``[0, 1]``."""
+    rng = np.random.default_rng(seed)
+    vol = np.zeros((n, n, n), np.float32)
+    for _ in range(count):
+        lo, size = rng.integers(0, n - 4, 3), rng.integers(3, 14, 3)
+        vol[lo[0] : lo[0] + size[0], lo[1] : lo[1] + size[1], lo[2] : lo[2] + size[2]] += rng.uniform(0.1, 0.5)
+    return vol / vol.max()
+
+
 @pytest.fixture(scope="session")
 def tiny_overlay(tmp_path_factory) -> Path:
     """:data:`TINY_OVERLAY` as a config overlay file."""

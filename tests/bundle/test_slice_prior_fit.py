@@ -38,7 +38,7 @@ def fitted(thick_scan, tmp_path_factory):
 def test_prior_runs_by_default_and_the_field_holds_its_output_grid(fitted):
     result, _ = fitted
     assert result.prior is not None and result.prior["axis"] == 2 and result.prior["applied"] is True
-    assert result.prior["grid"]["subdivision"] == 4  # 4 mm slices at the 1 mm in-plane spacing
+    assert result.prior["grids"][0]["subdivision"] == 4  # 4 mm slices at the 1 mm in-plane spacing
     samples = result.network.coarse.samples
     assert tuple(samples.shape) == (24, 20, 24)
     # the samples are the fused volume, and it reproduces the LR: each LR voxel is the mean of its 4 sub-slabs
@@ -152,7 +152,7 @@ def test_self_evaluation_with_the_prior_writes_uncertainty_and_stays_consistent(
                              "prior_min_gain": -100.0,
                              "forward_model": ["point", "point", "box"]},
                             save_volumes=False)
-    assert metrics["prior"]["grid"]["subdivision"] == 4 and metrics["prior"]["grid"]["spacing_mm"] == 1.0
+    assert metrics["prior"]["grids"][0]["subdivision"] == 4 and metrics["prior"]["grids"][0]["spacing_mm"] == 1.0
     assert metrics["data_consistency_psnr_db"] >= 45.0
     unc = nib.load(str(tmp_path / "eval" / UNCERTAINTY_FILE))
     assert unc.shape == (32, 30, 24) and np.all(np.asarray(unc.dataobj) >= 0)
@@ -198,7 +198,7 @@ def test_prior_falls_back_to_the_field_alone_when_it_cannot_help(tmp_path):
     i, j, k = np.meshgrid(np.arange(12), np.arange(12), np.arange(4), indexing="ij")
     nib.save(nib.Nifti1Image((np.sin(i / 2.0) + k).astype(np.float32), np.diag([1.0, 1.0, 8.0, 1.0])), str(small))
     result = fit(small, tmp_path / "small", dict(SHORT))
-    assert result.prior["applied"] is False and "grid" not in result.prior
+    assert result.prior["applied"] is False and "grids" not in result.prior
     assert tuple(result.network.coarse.samples.shape) == (12, 12, 4)
 
 
@@ -224,7 +224,7 @@ def test_thick_first_axis_point_samples_stay_on_the_grid(tmp_path):
     vol = 100.0 + 40.0 * ((j - 11) ** 2 + (k - 10) ** 2 < 30 + 5 * i) + 3.0 * i
     nib.save(nib.Nifti1Image(vol.astype(np.float32), np.diag([3.0, 1.0, 1.0, 1.0])), str(path))
     result = fit(path, tmp_path / "run", dict(SHORT, forward_model=["point", "point", "point"]))
-    assert result.prior["axis"] == 0 and result.prior["grid"]["subdivision"] == 3
+    assert result.prior["axis"] == 0 and result.prior["grids"][0]["subdivision"] == 3
     samples = result.network.coarse.samples.detach()
     lr = result.workflow.parser.get_parsed_content("train#image")[0]
     torch.testing.assert_close(samples[::3], lr, atol=1e-4, rtol=0)

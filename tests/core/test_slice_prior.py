@@ -19,16 +19,7 @@ from cunerf_monai.slice_prior import (
     thick_axis,
 )
 from cunerf_monai.transforms.array import SimulateLowResolution, lr_affine
-
-
-def blocks(n: int = 48, count: int = 60, seed: int = 0) -> np.ndarray:
-    """A volume ``(n, n, n)`` of overlapping axis-aligned blocks: sharp edges along every axis, in ``[0, 1]``."""
-    rng = np.random.default_rng(seed)
-    vol = np.zeros((n, n, n), np.float32)
-    for _ in range(count):
-        lo, size = rng.integers(0, n - 4, 3), rng.integers(3, 14, 3)
-        vol[lo[0] : lo[0] + size[0], lo[1] : lo[1] + size[1], lo[2] : lo[2] + size[2]] += rng.uniform(0.1, 0.5)
-    return vol / vol.max()
+from conftest import blocks
 
 
 @pytest.mark.parametrize(
@@ -58,7 +49,7 @@ def test_output_grid_rounds_the_subdivision_and_field_grid_places_it():
         pass
 
     result = Result()
-    result.grid = grid
+    result.grids = (grid,)
     assert field_grid(result) == {"origin": [-0.375, 0.0, 0.0], "step": [0.25, 1.0, 1.0]}
     assert field_grid(None) == {"origin": [0.0, 0.0, 0.0], "step": [1.0, 1.0, 1.0]}
 
@@ -70,7 +61,7 @@ def test_pairs_are_matched_in_millimetres():
     grid = prior.grid_for((32, 12, 5))
     assert grid.subdivision == 2
     ramp = np.broadcast_to(np.arange(32, dtype=np.float32)[:, None, None], (32, 12, 5)).copy()
-    groups = prior._pairs(ramp, grid)
+    groups = prior._pairs(ramp, (grid,))
     inputs, targets = groups[0].inputs, groups[0].targets  # axis 0 degraded
     assert targets.shape[1:] == (16, 12) and inputs.shape == targets.shape
     assert inputs.shape[0] == 2 * 5  # every phase of the 1.6 mm grid (2) for each of the 5 in-plane slices
@@ -80,7 +71,7 @@ def test_pairs_are_matched_in_millimetres():
     # a step does not: the input is blurred over the 3.2 mm slice
     step = np.zeros((32, 12, 5), np.float32)
     step[16:] = 1.0
-    pairs = prior._pairs(step, grid)[0]
+    pairs = prior._pairs(step, (grid,))[0]
     inputs, targets = pairs.inputs, pairs.targets
     assert np.abs(inputs[0] - targets[0]).max() > 0.2
 
@@ -129,7 +120,7 @@ def test_every_eighth_slice_is_held_out_of_training_with_its_baselines():
     assert np.flatnonzero(held_out_slices(5)).tolist() == [2] and not held_out_slices(1).any()
     prior = SlicePrior((0.8, 0.8, 3.2), "box", 3.2, target_spacing=1.6, settings=PriorSettings(steps=1))
     vol = np.random.default_rng(0).random((32, 12, 9)).astype(np.float32)
-    pairs = prior._pairs(vol, prior.grid_for(vol.shape))[0]
+    pairs = prior._pairs(vol, prior.grids_for(vol.shape))[0]
     assert pairs.held.tolist() == [i % 9 == 4 for i in range(18)]  # 2 phases × 9 slices, slice 4 held out
     inputs, targets = pairs.training()
     assert inputs.shape[0] == targets.shape[0] == 16 and sorted(pairs.baselines) == ["bspline", "keys", "trilinear"]
@@ -144,7 +135,7 @@ def test_gate_measures_the_network_against_the_best_interpolation_not_its_start(
     prior = SlicePrior((1.0, 1.0, 4.0), "point", 0.0, settings=PriorSettings(steps=1, start="keys"))
     wave = np.sin(2.0 * np.pi * np.arange(64) / 12.0)  # 12 voxels = 3 LR samples of 4 voxels
     vol = np.broadcast_to(wave[:, None, None] * np.linspace(0.5, 1.0, 64)[None, :, None], (64, 64, 16))
-    groups = prior._pairs(np.ascontiguousarray(vol, dtype=np.float32), prior.grid_for((64, 64, 16)))
+    groups = prior._pairs(np.ascontiguousarray(vol, dtype=np.float32), prior.grids_for((64, 64, 16)))
     prior.network = PlaneResidualNet(8, 2).eval()  # zero-initialised last layer: the identity
     gains = prior.inplane_gain(groups)
     assert gains["start"] == pytest.approx(0.0, abs=1e-6)

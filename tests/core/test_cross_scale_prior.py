@@ -1,0 +1,120 @@
+"""The cross-scale prior of scans without a thick axis: which prior a scan gets, pairs one scale up, the gate, the
+consistency of the composed per-axis corrections, and a measured gain on repeated structure."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from conftest import blocks
+from cunerf_monai.cross_scale_prior import CrossScalePrior
+from cunerf_monai.evaluation import psnr, run_baselines
+from cunerf_monai.forward_model import ForwardModel
+from cunerf_monai.slice_prior import PriorSettings, SlicePrior, field_grid, prior_for, render_forward, run_prior
+from cunerf_monai.transforms.array import SimulateLowResolution
+
+
+def forward(spacing, profile="box") -> ForwardModel:
+    """A forward model of one profile over whole voxels, sampled once."""
+    widths = tuple(0.0 if profile == "point" else s for s in spacing)
+    return ForwardModel((profile,) * 3, widths, (1, 1, 1), spacing=tuple(spacing))
+
+
+def degraded(hr: np.ndarray, mode: str = "box", factor: int = 2) -> MetaTensor:
+    return SimulateLowResolution((factor,) * 3, mode)(MetaTensor(torch.from_numpy(hr)[None], affine=torch.eye(4, dtype=torch.float64)))
+
+
+def test_a_scan_gets_the_thick_slice_prior_or_the_cross_scale_prior_by_its_shape():
+    assert type(prior_for(forward((1.0, 1.0, 4.0)))) is SlicePrior
+    assert prior_for(forward((2.0, 2.0, 2.0))) is None  # no finer spacing stated: the field alone
+    cross = prior_for(forward((2.0, 2.0, 2.0)), target_spacing=1.0)
+    assert type(cross) is CrossScalePrior and cross.axes == [0, 1, 2]
+    assert prior_for(forward((2.0, 2.0, 2.0)), target_spacing=[1.0, 1.5, 1.5]).axes == [0]  # ×2 on axis 0 only
+    assert prior_for(forward((2.0, 2.0, 2.0)), target_spacing=1.5) is None  # not half the spacing anywhere
+    assert prior_for(forward((2.0, 2.0, 2.0)), mode="none", target_spacing=1.0) is None
+    mixed = SimpleNamespace(spacing=(2.0,) * 3, profiles=("box", "box", "point"), widths=(2.0, 2.0, 0.0))
+    assert prior_for(mixed, target_spacing=1.0) is None  # one profile is needed for pairs of every orientation
+    with pytest.raises(ValueError, match="prior_spacing"):
+        prior_for(forward((2.0, 2.0, 2.0)), target_spacing=[1.0, 1.0])
+
+
+def test_pairs_are_the_lr_planes_degraded_once_more_by_the_output_factor():
+    """Box voxels of 2 mm rendered at 1 mm: the pairs' inputs are 4 mm box means (every phase) Keys-interpolated back
+    onto the LR grid, their targets the LR planes; one group per (degraded axis, in-plane axis)."""
+    prior = CrossScalePrior((2.0, 2.0, 2.0), "box", (2.0, 2.0, 2.0), 1.0, PriorSettings(steps=1))
+    lr = np.zeros((16, 12, 10), np.float32)
+    lr[:8] = 1.0  # a step along axis 0 between LR voxels 7 and 8
+    lr += np.arange(12, dtype=np.float32)[None, :, None] * 0.01
+    groups = prior._pairs(lr, prior.grids_for(lr.shape))
+    assert len(groups) == 6
+    first = groups[0]  # axis 0 degraded, W along axis 1, stacked over axis 2 (10 planes, 2 phases)
+    assert first.inputs.shape == first.targets.shape == (20, 16, 12)
+    np.testing.assert_array_equal(first.targets[3], lr[:, :, 3])
+    # phase 0 averages LR voxels (0, 1), (2, 3), …, (6, 7): the step falls between two 4 mm samples and only the
+    # interpolation blurs it; phase 1 averages (7, 8): that sample straddles the step, which spreads further
+    phase0, phase1 = first.inputs[0, :, 0], first.inputs[10, :, 0]
+    np.testing.assert_allclose(phase0[:5], lr[:5, 0, 0], atol=1e-5)  # far from the step: the LR itself
+    assert abs(phase1[7] - phase1[8]) < abs(phase0[7] - phase0[8]) < 1.0 - 0.2
+    # a ramp along the degraded axis survives box means and interior Keys interpolation
+    ramp = prior._pairs(np.broadcast_to(np.arange(16, dtype=np.float32)[:, None, None], (16, 12, 10)).copy(),
+                        prior.grids_for((16, 12, 10)))[0]
+    np.testing.assert_allclose(ramp.inputs[:, 4:-4], ramp.targets[:, 4:-4], atol=1e-4)
+
+
+@pytest.mark.parametrize("profile", ["box", "point"])
+def test_composed_corrections_reproduce_the_lr_along_every_axis(profile):
+    """Whatever the network proposes, the per-axis corrections compose: the output, degraded along every axis as
+    the LR was made, is the LR (an untrained network, one step)."""
+    rng = np.random.default_rng(0)
+    lr = torch.from_numpy(rng.random((12, 10, 8)).astype(np.float32))
+    prior = CrossScalePrior((2.0, 2.0, 2.0), profile, (2.0, 2.0, 2.0), 1.0, PriorSettings(steps=1, patch=8))
+    grids = prior.grids_for(lr.shape)
+    prior.train([g.training() for g in prior._pairs(lr.numpy(), grids)])
+    with torch.no_grad():  # a proposal far from the LR: the corrections must do the work
+        prior.network.body[-1].conv.bias.fill_(0.3)
+    fused, proposal, uncertainty = prior.apply(lr, grids)
+    assert fused.shape == proposal.shape == uncertainty.shape == (24, 20, 16)
+    assert prior.consistency_psnr(fused, lr, grids) >= 100.0
+    assert prior.consistency_psnr(proposal, lr, grids) < 30.0
+    assert bool((uncertainty >= 0).all())
+    if profile == "point":  # point samples stay on the grid: every 2nd output voxel is an LR voxel
+        torch.testing.assert_close(fused[::2, ::2, ::2].float(), lr, atol=1e-5, rtol=0)
+
+
+def test_the_field_holds_the_output_grid_of_every_upsampled_axis():
+    prior = CrossScalePrior((2.0, 2.0, 2.0), "box", (2.0, 2.0, 2.0), [1.0, 2.0, 0.5], PriorSettings(steps=1))
+    grids = prior.grids_for((10, 10, 10))
+    assert [g.axis for g in grids] == [0, 2] and [g.subdivision for g in grids] == [2, 4]
+    result = SimpleNamespace(grids=grids)
+    assert field_grid(result) == {"origin": [-0.25, 0.0, -0.375], "step": [0.5, 1.0, 0.25]}
+    assert render_forward(forward((2.0, 2.0, 2.0)), result).samples == (2, 1, 4)
+    assert render_forward(forward((2.0, 2.0, 2.0), "point"), result).samples == (1, 1, 1)
+
+
+def test_cross_scale_prior_beats_cubic_interpolation_on_repeated_structure():
+    """Blocks at many sizes repeat their edges across scales: what the network learns one scale up sharpens the
+    render ≥ 0.5 dB beyond the best aligned interpolation, and the output reproduces the LR to ≥ 45 dB."""
+    hr = blocks(48, count=120)
+    lr = degraded(hr, "box")
+    settings = PriorSettings(steps=300, patch=24)
+    prior = CrossScalePrior((2.0, 2.0, 2.0), "box", (2.0, 2.0, 2.0), 1.0, settings)
+    result = prior.run(lr[0].numpy())
+    assert result.inplane_gain >= settings.min_gain and result.consistency_psnr >= 45.0
+    bases = run_baselines(lr[0].numpy(), np.asarray(lr.affine), hr.shape, np.eye(4), include_misaligned=False)
+    best = max(psnr(np.clip(v, 0, 1), hr) for k, v in bases.items() if k != "nearest")
+    assert result.fused.shape == hr.shape
+    assert psnr(np.clip(result.fused.numpy(), 0, 1), hr) >= best + 0.5
+
+
+def test_prior_steps_aside_where_nothing_repeats_across_scales():
+    """White noise holds no structure one scale up: the network cannot beat interpolation on held-out planes and
+    the fit keeps the field alone (run_prior returns None, the verdict is kept)."""
+    noise = np.random.default_rng(1).random((32, 32, 32)).astype(np.float32)
+    lr = degraded(noise, "box")
+    prior = CrossScalePrior((2.0, 2.0, 2.0), "box", (2.0, 2.0, 2.0), 1.0, PriorSettings(steps=60, patch=16))
+    assert run_prior(prior, lr) is None
+    assert prior.result is not None and prior.result.fused is None and prior.result.inplane_gain < 0.1
