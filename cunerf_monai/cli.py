@@ -45,14 +45,20 @@ def _inference_workflow(model_dir: str, **overrides: Any):
 
 
 def model_overrides(
-    forward_model: Any = None, slice_thickness: Any = None, prior: Any = None, prior_spacing: Any = None
+    forward_model: Any = None,
+    slice_thickness: Any = None,
+    prior: Any = None,
+    prior_spacing: Any = None,
+    prior_data: Any = None,
 ) -> dict[str, Any]:
     """Training-config overrides ``forward_model`` (one of auto/point/box/gaussian, or three per axis),
-    ``slice_thickness`` (mm, one number or three), ``prior`` (auto/none) and ``prior_spacing`` (mm, one number or
-    three), present only when given (the config's own values apply otherwise); checked by
-    :mod:`cunerf_monai.forward_model` and :mod:`cunerf_monai.slice_prior`."""
+    ``slice_thickness`` (mm, one number or three), ``prior`` (auto/none, or a saved prior: a ``prior_model.pt`` or
+    the model folder holding it), ``prior_spacing`` (mm, one number or three) and ``prior_data`` (a folder of HR
+    volumes), present only when given (the config's own values apply otherwise); checked by
+    :mod:`cunerf_monai.forward_model` and :mod:`cunerf_monai.slice_prior` (paths made absolute)."""
     from .forward_model import FORWARD_MODELS, check_thickness, per_axis_setting
     from .enums import PriorMode, check_option
+    from .slice_prior import PRIOR_MODES, load_prior_model
 
     out: dict[str, Any] = {}
     models = per_axis_setting(_as_list(forward_model), "forward_model", FORWARD_MODELS)
@@ -61,8 +67,14 @@ def model_overrides(
     thickness = check_thickness(_floats(slice_thickness, "slice_thickness"))
     if thickness is not None:
         out["slice_thickness"] = thickness[0] if len(thickness) == 1 else thickness
-    if prior is not None:
+    if prior is not None and str(prior).lower() in PRIOR_MODES:
         out["prior"] = str(check_option(prior, PriorMode, "prior"))
+    elif prior is not None:  # a saved prior: checked now, named by its absolute path
+        out["prior"] = str(Path(load_prior_model(prior)["path"]).resolve())
+    if prior_data is not None:
+        if not Path(str(prior_data)).is_dir():
+            raise ValueError(f"prior_data must be a folder of HR volumes, got {str(prior_data)!r} (not a folder).")
+        out["prior_data"] = str(Path(str(prior_data)).resolve())
     spacing = check_thickness(_floats(prior_spacing, "prior_spacing"), "prior_spacing")
     if spacing is not None:
         out["prior_spacing"] = spacing[0] if len(spacing) == 1 else spacing
@@ -89,6 +101,7 @@ class Commands:
         slice_thickness: Any = None,
         prior: str | None = None,
         prior_spacing: Any = None,
+        prior_data: str | None = None,
     ) -> str:
         """Fit a model to one volume and write OUT/model.pt and OUT/fit.json.
 
@@ -105,10 +118,14 @@ class Commands:
             forward_model: how each LR voxel samples the field: auto, point, box or gaussian (default: the
                 config's).
             slice_thickness: the LR slice thickness in mm, one number or three (default: the config's).
-            prior: auto (learn detail from the scan's sharp in-plane slices when it has a thick axis) or none (the
-                field alone); default: the config's (auto).
-            prior_spacing: output spacing along the thick axis in mm that the prior works at, one number or three
-                (default: the in-plane spacing; evaluate: the HR grid's).
+            prior: auto (learn detail from the scan itself: its sharp in-plane slices when it has a thick axis, else
+                its own planes one scale up when prior_spacing asks for at least twice its resolution), none (the
+                field alone), or a saved prior to apply instead of training one (a prior_model.pt, or the model
+                folder of an earlier fit holding one); default: the config's (auto).
+            prior_spacing: output spacing in mm that the prior works at, one number or three (default: the in-plane
+                spacing along a thick axis, no prior on an isotropic scan; evaluate: the HR grid's).
+            prior_data: a folder of HR volumes (NIfTI/NRRD files, DICOM series folders) whose simulated LR versions
+                also train the prior; the fit writes OUT/prior_model.pt for --prior on other scans.
         Returns:
             the checkpoint path.
         """
@@ -117,7 +134,8 @@ class Commands:
         source = input or sample_volume_path()
         overlays = resolve_overlays(config)
         overrides = fit_overrides(
-            seed, iterations, batch_size, channel=channel, **model_overrides(forward_model, slice_thickness, prior, prior_spacing)
+            seed, iterations, batch_size, channel=channel,
+            **model_overrides(forward_model, slice_thickness, prior, prior_spacing, prior_data),
         )
         mdir = Path(out)
         result = fit(source, mdir / "run", overrides, train_config_files(overlays))
@@ -231,6 +249,7 @@ class Commands:
         slice_thickness: Any = None,
         prior: str | None = None,
         prior_spacing: Any = None,
+        prior_data: str | None = None,
     ) -> dict:
         """Self-evaluation: simulate LR from an HR volume, fit on LR only, render on the HR grid, and score
         PSNR/SSIM against aligned interpolation baselines. Writes metrics.json, table.md and figure.png.
@@ -245,7 +264,7 @@ class Commands:
             config: optional training config overlay(s).
             iterations: training iterations (default: the config's).
             channel: channel to use from a 4D image.
-            forward_model, slice_thickness, prior, prior_spacing: as for ``cunerf fit`` (``evaluate``: the prior works
+            forward_model, slice_thickness, prior, prior_spacing, prior_data: as for ``cunerf fit`` (the prior works
                 at the HR grid's spacing).
         Returns:
             the metrics.
@@ -254,7 +273,7 @@ class Commands:
         from .fitting import train_config_files
 
         overrides = {} if iterations is None else {"num_iterations": int(iterations)}
-        overrides.update(model_overrides(forward_model, slice_thickness, prior, prior_spacing))
+        overrides.update(model_overrides(forward_model, slice_thickness, prior, prior_spacing, prior_data))
         metrics = self_evaluate(
             hr or sample_volume_path(), out, _floats(scale, "scale"), slice_axis, degradation, overrides,
             train_config_files(config), channel,
@@ -275,6 +294,7 @@ class Commands:
         slice_thickness: Any = None,
         prior: str | None = None,
         prior_spacing: Any = None,
+        prior_data: str | None = None,
         timeout_hours: float = 72.0,
         fail_on_error: bool = True,
         summarize_only: bool = False,
@@ -294,8 +314,7 @@ class Commands:
             batch_size: target cubes per iteration (default: the config's).
             config: optional training config overlay(s), comma-separated.
             seed: random seed of every fit.
-            forward_model, slice_thickness, prior, prior_spacing: as for ``cunerf fit`` (``evaluate``: the prior works
-                at the HR grid's spacing).
+            forward_model, slice_thickness, prior, prior_spacing, prior_data: as for ``cunerf fit``.
             timeout_hours: how long finished ranks wait for the others before the summary.
             fail_on_error: exit with status 1 when a volume failed or is missing (--nofail_on_error: status 0).
             summarize_only: only rebuild OUT/summary.* from OUT/ranks/rank*.json (after a crash, or when the
@@ -314,7 +333,7 @@ class Commands:
                 raise ValueError("--inputs is required (folders, .txt lists or volumes).")
             records = run_batch(
                 _as_list(inputs) or [], out, scale_v, iterations, batch_size, _as_list(config), seed,
-                timeout_hours=float(timeout_hours), overrides=model_overrides(forward_model, slice_thickness, prior, prior_spacing),
+                timeout_hours=float(timeout_hours), overrides=model_overrides(forward_model, slice_thickness, prior, prior_spacing, prior_data),
             )
             if records is None:  # a rank other than 0 (rank 0 writes and prints the summary)
                 return {}

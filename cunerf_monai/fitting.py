@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +169,7 @@ def _prior_of(workflow: ConfigWorkflow) -> dict[str, Any] | None:
     out.update({
         "grids": [grid.as_dict() for grid in result.grids],
         "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
-        "train_l1": round(result.train_loss, 6),
+        "train_l1": round(result.train_loss, 6) if math.isfinite(result.train_loss) else None,  # None: loaded
         "inplane_gain_db": round(result.inplane_gain, 3),
     })
     if out["applied"]:

@@ -1,6 +1,6 @@
 """A model directory: ``model.pt`` (the fitted checkpoint) and ``fit.json`` (the input, config overlays and
 overrides it was fitted with), written by ``cunerf fit`` and ``cunerf batch`` and read back by ``cunerf render``
-and ``cunerf slices``, which re-apply the overlays."""
+and ``cunerf slices``, which re-apply the overlays; ``prior_model.pt`` beside them when the fit learned a prior."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .slice_prior import PRIOR_MODEL_FILE
 from .utils import atomic_path, write_json
 
 __all__ = ["MODEL_FILE", "FIT_INFO_FILE", "save_model_dir", "checkpoint_of", "overlays_of"]
@@ -25,8 +26,8 @@ def save_model_dir(
     overlays: Sequence[str],
     overrides: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Copy a fit's final checkpoint to ``MODEL_DIR/model.pt`` and write ``MODEL_DIR/fit.json``; returns the
-    fit.json content.
+    """Copy a fit's final checkpoint to ``MODEL_DIR/model.pt`` (and its prior's network to ``prior_model.pt``, for
+    ``--prior MODEL_DIR`` on other scans) and write ``MODEL_DIR/fit.json``; returns the fit.json content.
 
     Args:
         model_dir: the model directory (created).
@@ -52,6 +53,11 @@ def save_model_dir(
     prior = getattr(result, "prior", None)
     if prior is not None:
         info["prior"] = prior
+    trained = Path(result.checkpoint).parent / PRIOR_MODEL_FILE  # the fit's prior network, reusable on other scans
+    if prior is not None and trained.is_file():
+        with atomic_path(mdir / PRIOR_MODEL_FILE) as tmp:
+            shutil.copyfile(trained, tmp)
+        info["prior_model"] = PRIOR_MODEL_FILE
     write_json(mdir / FIT_INFO_FILE, info)
     return info
 

@@ -68,6 +68,12 @@ __all__ = [
     "PRIOR_MODES",
     "START_OPERATORS",
     "PRIOR_FILE",
+    "PRIOR_MODEL_FILE",
+    "PriorVolume",
+    "load_prior_data",
+    "load_prior_model",
+    "save_prior_model",
+    "degraded_pairs",
     "PlanePairs",
     "HOLDOUT_EVERY",
     "held_out_slices",
@@ -113,6 +119,19 @@ class PlanePairs(NamedTuple):
     def training(self) -> tuple[np.ndarray, np.ndarray]:
         """``(inputs, targets)`` of the planes not held out."""
         return self.inputs[~self.held], self.targets[~self.held]
+
+
+#: planes per orientation taken from each HR volume of ``prior_data`` (evenly spread; bounds memory and time)
+DATA_PLANES = 32
+
+
+class PriorVolume(NamedTuple):
+    """An HR volume of ``prior_data``: ``name`` (its file), ``volume`` ``(X, Y, Z)`` min–max normalised, ``spacing``
+    (mm per axis)."""
+
+    name: str
+    volume: np.ndarray
+    spacing: tuple[float, float, float]
 
 
 def held_out_slices(count: int, every: int = HOLDOUT_EVERY) -> np.ndarray:
@@ -253,6 +272,8 @@ class PriorResult:
         seconds: wall time per stage (``pairs``, ``train``, ``apply``).
         inplane_gain: PSNR gain (dB) of the network over the best aligned interpolation on held-out in-plane planes
             (:meth:`SlicePrior.inplane_gain`).
+        network: the plane network's weights (CPU), what a saved prior (:data:`PRIOR_MODEL_FILE`) holds.
+        learned: what the network maps, in output pixels (:meth:`SlicePrior.learned`).
     """
 
     fused: torch.Tensor | None
@@ -263,6 +284,8 @@ class PriorResult:
     train_loss: float
     seconds: dict[str, float] = field(default_factory=dict)
     inplane_gain: float = float("nan")
+    network: dict[str, torch.Tensor] | None = None
+    learned: dict[str, Any] = field(default_factory=dict)
 
 
 def degraded_pairs(
@@ -416,6 +439,8 @@ class SlicePrior:
             "steps": st.steps, "batch_size": st.batch_size, "patch": st.patch, "channels": st.channels,
             "layers": st.layers, "learning_rate": st.learning_rate, "covariance_width": st.covariance_width,
             "start": self.start, "min_gain": st.min_gain, "flips": st.flips, "seed": st.seed,
+            **({"data": [item.name for item in self.data]} if self.data else {}),
+            **({"pretrained": str(self.pretrained.get("path", ""))} if self.pretrained is not None else {}),
         }
 
     def footprint(self, axis: int) -> tuple[str, float]:
@@ -455,6 +480,62 @@ class SlicePrior:
             return 10.0 * math.log10(max(reference, 1e-30) / max(err_net, 1e-30))
 
         return {"best": gain(err_base[best]), "start": gain(err_in), "best_baseline": best}
+
+    # ------------------------------------------------------------------ other sources: HR volumes, a saved prior
+    #: HR volumes whose simulated LR versions add training pairs (:meth:`use`)
+    data: Sequence[PriorVolume] = ()
+    #: a saved prior (:func:`load_prior_model`) used instead of training one (:meth:`use`)
+    pretrained: Mapping[str, Any] | None = None
+
+    def use(self, data: Sequence["PriorVolume"] = (), pretrained: Mapping[str, Any] | None = None) -> "SlicePrior":
+        """Train also on the pairs of HR volumes ``data`` (:func:`load_prior_data`), or apply the saved prior
+        ``pretrained`` (:func:`load_prior_model`) instead of training; returns ``self``."""
+        self.data, self.pretrained = tuple(data), pretrained
+        return self
+
+    def learned(self, grids: Sequence[ThickAxisGrid]) -> dict[str, Any]:
+        """What the network maps, in output pixels: a plane whose ``H`` axis was sampled every ``factor`` pixels with
+        a footprint ``width_px`` pixels wide (per distinct upsampled axis), interpolated back by ``start``, to its
+        sharp version. A saved prior applies to a scan that needs the same."""
+        tasks = sorted({(g.subdivision, round(self.footprint(g.axis)[1] / g.spacing, 3)) for g in grids})
+        st = self.settings
+        return {"profile": self.profile, "start": self.start, "tasks": [list(t) for t in tasks],
+                "channels": st.channels, "layers": st.layers}
+
+    def _data_pairs(self, grids: Sequence[ThickAxisGrid]) -> list[PlanePairs]:
+        """Training pairs from the HR volumes of :attr:`data`: their planes in every orientation whose spacing along
+        ``H`` is at least as fine as the output spacing (at most :data:`DATA_PLANES` planes per orientation, evenly
+        spread), degraded as the scan's LR voxels along each upsampled axis (matched in mm; none held out)."""
+        groups = []
+        tasks = {(g.spacing, g.lr_spacing, self.footprint(g.axis)[1]) for g in grids}
+        for item in self.data:
+            for q, s, w in sorted(tasks):
+                for a in range(3):
+                    if item.spacing[a] > q * (1.0 + 1e-3):  # coarser than the output: nothing to teach along it
+                        continue
+                    for b in range(3):
+                        if b == a:
+                            continue
+                        planes = np.moveaxis(item.volume, (3 - a - b, a, b), (0, 1, 2))
+                        pick = np.unique(np.linspace(0, planes.shape[0] - 1, min(planes.shape[0], DATA_PLANES)).round())
+                        pairs = degraded_pairs(planes[pick.astype(int)], item.spacing[a], q, s, self.profile, w,
+                                               self._start_matrix, np.zeros(pick.size, dtype=bool))
+                        if pairs is not None:
+                            groups.append(pairs)
+        if self.data and not groups:
+            raise ValueError(f"prior_data: no volume holds planes as fine as the output spacing "
+                             f"{min(t[0] for t in tasks):g} mm along any axis.")
+        return groups
+
+    def _load_network(self, grids: Sequence[ThickAxisGrid]) -> None:
+        """Set the network from :attr:`pretrained`, after checking that it learned what this scan needs."""
+        saved, needed = dict(self.pretrained["learned"]), self.learned(grids)
+        if saved != needed:
+            raise ValueError(f"the saved prior {self.pretrained.get('path', '')} learned {saved}, but this scan needs "
+                             f"{needed} (same profile, factor, footprint width in output pixels and network size).")
+        net = PlaneResidualNet(self.settings.channels, self.settings.layers)
+        net.load_state_dict(self.pretrained["network"])
+        self.network = net.to(self.device).eval()
 
     # ------------------------------------------------------------------ training
     def train(self, groups: list[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -617,13 +698,18 @@ class SlicePrior:
         seconds: dict[str, float] = {}
         start = time.perf_counter()
         groups = self._pairs(vol.numpy(), grids)
+        extra = self._data_pairs(grids) if self.data and self.pretrained is None else []
         seconds["pairs"] = time.perf_counter() - start
-        logger.info(
-            f"prior: {self.summary(grids)}; {sum(int((~g.held).sum()) for g in groups)} training planes, "
-            f"{sum(int(g.held.sum()) for g in groups)} held out"
-        )
+        source = (f"the saved prior {self.pretrained.get('path', '')}" if self.pretrained is not None else
+                  f"{sum(int((~g.held).sum()) for g in groups)} training planes"
+                  + (f" + {sum(g.inputs.shape[0] for g in extra)} from {len(self.data)} HR volume(s)" if extra else ""))
+        logger.info(f"prior: {self.summary(grids)}; {source}, {sum(int(g.held.sum()) for g in groups)} held out")
         start = time.perf_counter()
-        loss = self.train([g.training() for g in groups])
+        if self.pretrained is None:
+            loss = self.train([g.training() for g in groups] + [g.training() for g in extra])
+        else:
+            self._load_network(grids)
+            loss = float("nan")
         gains = self.inplane_gain(groups)
         gain = gains["best"]
         seconds["train"] = time.perf_counter() - start
@@ -631,19 +717,90 @@ class SlicePrior:
                    f"({gains['start']:+.2f} dB over its input)")
         if not gain >= self.settings.min_gain:  # stepped aside: not applied (run_prior says so)
             logger.info(f"{summary}, seconds {seconds}")
-            return PriorResult(None, None, None, grids, float("nan"), loss, seconds, gain)
+            return PriorResult(None, None, None, grids, float("nan"), loss, seconds, gain, self._weights(), self.learned(grids))
         start = time.perf_counter()
         fused, proposal, uncertainty = self.apply(vol, grids)
         consistency = self.consistency_psnr(fused, vol, grids)
         seconds["apply"] = time.perf_counter() - start
         logger.info(f"{summary}, consistency {consistency:.1f} dB, seconds {seconds}")
-        return PriorResult(fused, proposal, uncertainty, grids, consistency, loss, seconds, gain)
+        return PriorResult(fused, proposal, uncertainty, grids, consistency, loss, seconds, gain, self._weights(),
+                           self.learned(grids))
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """The network's weights on the CPU."""
+        return {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the prior inside a fit (called from the training config)
 # ---------------------------------------------------------------------------------------------------------------
 PRIOR_FILE = "prior.pt"
+#: the trained network of a fit's prior and what it learned, reusable on other scans (``prior: PATH``)
+PRIOR_MODEL_FILE = "prior_model.pt"
+#: file endings of the volumes ``prior_data`` reads (folders are read as DICOM series)
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def load_prior_data(directory: str | os.PathLike) -> list[PriorVolume]:
+    """The HR volumes in ``directory`` (NIfTI, NRRD, MetaImage files and DICOM series folders, sorted by name), each
+    min–max normalised like the scan.
+
+    Raises:
+        ValueError: ``directory`` is not a folder or holds no volume.
+    """
+    from .io import load_normalized
+
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise ValueError(f"prior_data must be a folder of HR volumes, got {str(directory)!r} (not a folder).")
+    entries = [e for e in sorted(folder.iterdir()) if e.is_dir() or e.name.lower().endswith(VOLUME_SUFFIXES)]
+    if not entries:
+        raise ValueError(f"prior_data {str(directory)!r} holds no volume ({', '.join(VOLUME_SUFFIXES)} files or "
+                         f"DICOM series folders).")
+    out = []
+    for entry in entries:
+        image = load_normalized(entry)
+        affine = np.asarray(image.affine, dtype=np.float64)
+        spacing = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+        out.append(PriorVolume(entry.name, image[0].numpy().astype(np.float32), spacing))
+    logger.info(f"prior_data: {len(out)} HR volume(s) from {folder}: {[v.name for v in out]}")
+    return out
+
+
+def load_prior_model(path: str | os.PathLike) -> dict[str, Any]:
+    """A saved prior (:data:`PRIOR_MODEL_FILE`, or a model or run folder holding one): ``learned``, ``network``
+    and ``path``.
+
+    Raises:
+        ValueError: no such file, or a file that is not a saved prior.
+    """
+    file = Path(path)
+    if file.is_dir():
+        found = [f for f in (file / PRIOR_MODEL_FILE, file / "checkpoints" / PRIOR_MODEL_FILE) if f.is_file()]
+        if not found:
+            raise ValueError(f"prior {str(path)!r}: the folder holds no {PRIOR_MODEL_FILE}.")
+        file = found[0]
+    if not file.is_file():
+        raise ValueError(f"prior must be auto, none or a saved prior ({PRIOR_MODEL_FILE}), got {str(path)!r}: no such "
+                         f"file or folder.")
+    try:
+        saved = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"prior {str(file)!r} is not a saved prior ({PRIOR_MODEL_FILE}): {exc}") from exc
+    if not isinstance(saved, Mapping) or saved.get("format") != PRIOR_MODEL_FILE or "network" not in saved:
+        raise ValueError(f"prior {str(file)!r} is not a saved prior (no {PRIOR_MODEL_FILE} content; a model's "
+                         f"checkpoint is model.pt).")
+    return {"learned": saved["learned"], "network": saved["network"], "path": str(file)}
+
+
+def save_prior_model(result: PriorResult, path: str | os.PathLike) -> str:
+    """Write ``result``'s network and what it learned to ``path`` (atomically), for ``prior: PATH`` on other scans."""
+    from .utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"format": PRIOR_MODEL_FILE, "learned": result.learned, "network": result.network,
+                    "inplane_gain_db": float(result.inplane_gain)}, tmp)
+    return str(path)
 
 
 def prior_for(
@@ -655,33 +812,58 @@ def prior_for(
     device: torch.device | str | None = None,
     progress: bool = False,
     min_gain: float = PriorSettings.min_gain,
+    data: str | os.PathLike | None = None,
 ) -> SlicePrior | None:
     """The prior a fit uses, or ``None`` (the field alone).
 
     A scan with a thick axis (:func:`thick_axis`) gets the thick-slice prior (:class:`SlicePrior`). Any other scan
-    gets the cross-scale prior (:class:`~cunerf_monai.cross_scale_prior.CrossScalePrior`) when ``target_spacing``
-    asks for at least twice its resolution on some axis: it states no finer spacing of its own, so the fit is told
-    where the render goes (``evaluate`` passes the HR grid's spacing); without one, the field alone.
+    whose voxels average a footprint (box or Gaussian) gets the cross-scale prior
+    (:class:`~cunerf_monai.cross_scale_prior.CrossScalePrior`) when ``target_spacing`` asks for at least twice its
+    resolution on some axis: it states no finer spacing of its own, so the fit is told where the render goes
+    (``evaluate`` passes the HR grid's spacing); without one, the field alone. Point-sampled voxels get the field
+    alone: on Colin27 point-sampled ×4 the cross-scale network, though it beat interpolation one scale up, lost
+    2.6 dB at the output scale (aliasing at 16 mm does not teach aliasing at 4 mm).
 
     Args:
         forward: the fit's :class:`~cunerf_monai.forward_model.ForwardModel` (spacing, profile and width per axis).
-        mode: ``"auto"`` (a prior as above) or ``"none"``.
+        mode: ``"auto"`` (a prior as above), ``"none"``, or the path of a saved prior (:data:`PRIOR_MODEL_FILE`, or a
+            model folder holding one): the prior as for ``auto``, its network loaded instead of trained.
         target_spacing: output spacing in mm, one number or three (the thick-slice prior uses the thick axis'
             value; ``None``: the finest in-plane spacing there, no cross-scale prior).
         steps, seed: training steps and seed (:class:`PriorSettings`).
         device, progress: where the network runs; progress bars.
         min_gain: held-out gain (dB) the network must reach for the prior to be used (:class:`PriorSettings`).
+        data: a folder of HR volumes whose simulated LR versions add training pairs (:func:`load_prior_data`).
+
+    Raises:
+        ValueError: a bad setting, or a saved prior given for a scan that gets no prior.
     """
+    pretrained = None
+    if str(mode).lower() not in PRIOR_MODES:
+        pretrained, mode = load_prior_model(mode), PriorMode.AUTO
     mode = check_option(mode, PriorMode, "prior")
     if mode == "none":
         return None
+    prior = _prior_of_shape(forward, target_spacing, PriorSettings(steps=int(steps), seed=int(seed), min_gain=float(min_gain)),
+                            device, progress)
+    if prior is None:
+        if pretrained is not None:
+            raise ValueError(f"prior {pretrained['path']!r}: this scan gets no learned prior (the log says why; an "
+                             f"isotropic scan needs prior_spacing), so the saved prior cannot be applied.")
+        return None
+    return prior.use(load_prior_data(data) if data is not None else (), pretrained)
+
+
+def _prior_of_shape(
+    forward: Any, target_spacing: Any, settings: PriorSettings, device: Any, progress: bool
+) -> SlicePrior | None:
+    """:func:`prior_for`'s choice by the scan's shape (thick-slice, cross-scale or ``None``)."""
     values = None
     if target_spacing is not None:
         values = np.asarray(target_spacing, dtype=np.float64).reshape(-1)
         if values.size not in (1, 3) or not np.all(np.isfinite(values)) or np.any(values <= 0):
             raise ValueError(f"prior_spacing must be one positive number or three (mm), got {target_spacing!r}.")
         values = np.broadcast_to(values, (3,))
-    settings = PriorSettings(steps=int(steps), seed=int(seed), min_gain=float(min_gain))
     axis = thick_axis(forward.spacing)
     if axis is None:
         return _cross_scale_for(forward, values, settings, device, progress)
@@ -711,6 +893,9 @@ def _cross_scale_for(
         return None
     if len(set(forward.profiles)) > 1:
         logger.info(f"prior: none (the cross-scale prior needs one voxel profile, got {list(forward.profiles)})")
+        return None
+    if forward.profiles[0] == "point":  # measured: aliasing one scale up does not teach aliasing at the output scale
+        logger.info("prior: none (point-sampled voxels: the cross-scale prior is for voxels that average a footprint)")
         return None
     if all(round(s / t) < 2 for s, t in zip(forward.spacing, targets)):
         logger.info(f"prior: none (prior_spacing {[float(t) for t in targets]} mm is not half the spacing {spacing} "
@@ -793,6 +978,8 @@ def _train_or_reuse(
     if path is not None:
         with atomic_path(path) as tmp:
             torch.save({"key": key, "result": result}, tmp)
+        if result.network is not None:
+            save_prior_model(result, path.parent / PRIOR_MODEL_FILE)
     return result
 
 

@@ -242,3 +242,25 @@ def test_prior_that_learnt_nothing_in_plane_steps_aside(thick_scan, tmp_path):
     assert tuple(result.network.coarse.samples.shape) == (24, 20, 6)
     stored = torch.load(tmp_path / "run" / "checkpoints" / "prior.pt", weights_only=False)["result"]
     assert stored.fused is None and stored.proposal is None and stored.inplane_gain < 100.0
+
+
+def test_isotropic_scan_told_a_finer_spacing_fits_through_the_cross_scale_prior(tmp_path):
+    """No thick axis, prior_spacing half the voxel: the cross-scale prior runs, the field holds its output grid on
+    every axis, and each LR voxel is the mean of its 2 × 2 × 2 output voxels (box voxels)."""
+    path = tmp_path / "iso.nii.gz"
+    i, j, k = np.meshgrid(np.arange(16), np.arange(14), np.arange(12), indexing="ij")
+    vol = 100.0 + 50.0 * ((i - 8) ** 2 + (j - 7) ** 2 + (k - 6) ** 2 < 20) + 5.0 * np.sin(i / 2.0)
+    nib.save(nib.Nifti1Image(vol.astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+    result = fit(path, tmp_path / "run", dict(SHORT, forward_model="box", prior_spacing=1.0))
+    assert result.prior["kind"] == "cross-scale" and result.prior["applied"] is True
+    assert [g["subdivision"] for g in result.prior["grids"]] == [2, 2, 2] and result.prior["axes"] == [0, 1, 2]
+    samples = result.network.coarse.samples.detach()
+    assert tuple(samples.shape) == (32, 28, 24)
+    lr = result.workflow.parser.get_parsed_content("train#image")[0]
+    fused = result.workflow.parser.get_parsed_content("prior_result").fused
+    means = fused.reshape(16, 2, 14, 2, 12, 2).mean((1, 3, 5))
+    assert float((means - lr).abs().max()) < 1e-4 and result.prior["consistency_psnr_db"] >= 45.0
+    assert float((samples - fused).abs().max()) < 5e-3  # the field starts at it and keeps it (2 iterations here)
+    assert result.workflow.parser.get_parsed_content("settings")["prior"]["kind"] == "cross-scale"
+    without = fit(path, tmp_path / "alone", dict(SHORT, forward_model="box"))  # no finer spacing: the field alone
+    assert without.prior is None and tuple(without.network.coarse.samples.shape) == (16, 14, 12)

@@ -36,6 +36,8 @@ def test_a_scan_gets_the_thick_slice_prior_or_the_cross_scale_prior_by_its_shape
     assert prior_for(forward((2.0, 2.0, 2.0)), target_spacing=[1.0, 1.5, 1.5]).axes == [0]  # ×2 on axis 0 only
     assert prior_for(forward((2.0, 2.0, 2.0)), target_spacing=1.5) is None  # not half the spacing anywhere
     assert prior_for(forward((2.0, 2.0, 2.0)), mode="none", target_spacing=1.0) is None
+    assert prior_for(forward((2.0, 2.0, 2.0), "point"), target_spacing=1.0) is None  # point samples: the field alone
+    assert type(prior_for(forward((2.0, 2.0, 2.0), "gaussian"), target_spacing=1.0)) is CrossScalePrior
     mixed = SimpleNamespace(spacing=(2.0,) * 3, profiles=("box", "box", "point"), widths=(2.0, 2.0, 0.0))
     assert prior_for(mixed, target_spacing=1.0) is None  # one profile is needed for pairs of every orientation
     with pytest.raises(ValueError, match="prior_spacing"):
