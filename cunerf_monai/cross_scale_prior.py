@@ -17,20 +17,49 @@ from, but the scan itself holds the same kind of structure one scale up:
    far interpolated along the axis, the network on the planes that contain it in both orientations (their mean the
    proposal, half their difference the uncertainty), and the exact consistency correction along the axis. The
    corrections compose: the result, degraded along every axis as the LR was made, reproduces the LR voxels.
+4. **Stages**: a factor of 4 is taken as two ×2 stages (:func:`stage_factors`), each a cross-scale prior of its own
+   trained on the previous stage's output, whose voxels are the sub-voxels of the stage before (box widths divided
+   by the stage's factor). Measured on Colin27 3D box ×4: one ×4 stage +0.69 dB over B-spline (the ×4 scale shift
+   from 16 mm to 4 mm does not hold), two ×2 stages +1.48 dB. Stages stop at the first that misses its gate; the
+   output then holds the stages before it.
 
 The same mechanism as the thick-slice prior (:class:`~cunerf_monai.slice_prior.SlicePrior`): other pairs, more axes.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from .slice_prior import PlanePairs, PriorSettings, SlicePrior, ThickAxisGrid, degraded_pairs, held_out_slices
+from .axis_operators import apply_along_axis, baseline_interpolation_matrices
+from .slice_prior import (
+    PlanePairs,
+    PriorResult,
+    PriorSettings,
+    SlicePrior,
+    ThickAxisGrid,
+    degraded_pairs,
+    held_out_slices,
+)
 
-__all__ = ["CrossScalePrior"]
+__all__ = ["CrossScalePrior", "stage_factors"]
+
+logger = logging.getLogger(__name__)
+
+
+def stage_factors(subdivisions: Sequence[int]) -> list[list[int]]:
+    """The factor per axis of each stage: ×2 while an axis' remaining factor is even, then the rest at once
+    (``4 → [2], [2]``; ``3 → [3]``; ``6 → [2], [3]``; ``1``: the axis is not upsampled)."""
+    remaining, stages = [int(r) for r in subdivisions], []
+    while any(r > 1 for r in remaining):
+        factors = [2 if r % 2 == 0 else r for r in remaining]
+        stages.append(factors)
+        remaining = [r // f for r, f in zip(remaining, factors)]
+    return stages
 
 
 class CrossScalePrior(SlicePrior):
@@ -112,6 +141,97 @@ class CrossScalePrior(SlicePrior):
         if not groups:
             raise ValueError("the volume is too small to make cross-scale training pairs for the prior.")
         return groups
+
+    # ------------------------------------------------------------------ stages
+    def _stage_priors(self, lr_shape: Sequence[int]) -> list[tuple["CrossScalePrior", tuple[int, ...]]]:
+        """One single-stage prior per stage (:func:`stage_factors`) with the LR shape it takes: its voxels are the
+        previous stage's outputs (spacing and footprint width divided by the factor)."""
+        grids = {g.axis: g.subdivision for g in self.grids_for(lr_shape)}
+        plan = stage_factors([grids.get(a, 1) for a in range(3)])
+        spacing, widths, shape, out = list(self.spacing), list(self.widths), [int(n) for n in lr_shape], []
+        for k, factors in enumerate(plan):
+            stage = CrossScalePrior(spacing, self.profile, widths, [s / f for s, f in zip(spacing, factors)],
+                                    self.settings, self.device, self.progress)
+            stage.use(self.data, self.pretrained)
+            stage.stage_index, stage.check_stages = k, len(plan) == 1
+            out.append((stage, tuple(shape)))
+            spacing = [s / f for s, f in zip(spacing, factors)]
+            widths = [w / f for w, f in zip(widths, factors)]
+            shape = [n * f for n, f in zip(shape, factors)]
+        return out
+
+    def learned(self, grids: Sequence[ThickAxisGrid]) -> dict[str, Any]:
+        """As :meth:`SlicePrior.learned`, with one entry of ``stages`` per stage."""
+        lr_shape = [1, 1, 1]
+        for g in grids:
+            lr_shape[g.axis] = g.lr_count
+        stages = self._stage_priors(lr_shape)
+        if len(stages) == 1:
+            return super().learned(grids)
+        tasks = [stage.learned(stage.grids_for(shape))["stages"][0] for stage, shape in stages]
+        return {**super().learned(grids), "stages": tasks}
+
+    def run(self, lr: torch.Tensor | np.ndarray) -> PriorResult:
+        """Train (or load) and apply the stages in turn on ``lr`` ``(X, Y, Z)``; the output grids are those of the
+        stages applied (their factors multiplied), the fused volume the last applied stage's."""
+        vol = torch.as_tensor(np.asarray(lr, dtype=np.float32)) if not isinstance(lr, torch.Tensor) else lr.float().cpu()
+        stages = self._stage_priors(tuple(vol.shape))
+        if len(stages) == 1:
+            return self._single(vol)
+        if self.pretrained is not None:
+            self.check_pretrained(self.learned(self.grids_for(vol.shape)))
+        current, results = vol, []
+        for k, (stage, _) in enumerate(stages):
+            logger.info(f"prior: stage {k + 1} of {len(stages)}")
+            result = stage._single(current)
+            results.append(result)
+            if result.fused is None:
+                break
+            current = result.fused
+        return self._compose(vol, stages, results)
+
+    def _single(self, vol: torch.Tensor) -> PriorResult:
+        """One stage: the mechanism's run (:meth:`SlicePrior.run`)."""
+        return SlicePrior.run(self, vol)
+
+    def _compose(self, vol: torch.Tensor, stages: list, results: list[PriorResult]) -> PriorResult:
+        """The staged result: applied stages' factors multiplied into output grids of the LR, uncertainties carried
+        onto the last grid (linear interpolation) and added in quadrature, stage times summed."""
+        applied = [r for r in results if r.fused is not None]
+        seconds: dict[str, float] = {}
+        for r in results:
+            for key, value in r.seconds.items():
+                seconds[key] = seconds.get(key, 0.0) + value
+        losses = [r.train_loss for r in results]
+        loss = float(np.mean(losses)) if all(math.isfinite(v) for v in losses) else float("nan")
+        networks = [w for r in results for w in r.networks]
+        trained = [stage.learned(stage.grids_for(shape))["stages"][0] for (stage, shape), _ in zip(stages, results)]
+        learned = {**SlicePrior.learned(self, self.grids_for(vol.shape)), "stages": trained}
+        records = [{**r.stages[0], "stage": k + 1} for k, r in enumerate(results)]
+        if not applied:
+            first = results[0]
+            return PriorResult(None, None, None, first.grids, float("nan"), loss, seconds, first.inplane_gain,
+                               networks, learned, records)
+        total = [1, 1, 1]
+        for r in applied:
+            for g in r.grids:
+                total[g.axis] *= g.subdivision
+        grids = tuple(
+            ThickAxisGrid.for_profile(a, int(vol.shape[a]), self.spacing[a], self.spacing[a] / total[a], self.profile)
+            for a in range(3) if total[a] > 1
+        )
+        uncertainty = applied[0].uncertainty
+        for r in applied[1:]:
+            for g in r.grids:
+                carry = baseline_interpolation_matrices(np.arange(g.lr_count, dtype=np.float64), g.positions())
+                uncertainty = apply_along_axis(carry["trilinear"], uncertainty, g.axis)
+            uncertainty = torch.sqrt(uncertainty.to(r.uncertainty.dtype) ** 2 + r.uncertainty ** 2)
+        fused = applied[-1].fused
+        gain = min(r.inplane_gain for r in applied)
+        consistency = self.consistency_psnr(fused, vol, grids)
+        logger.info(f"prior: {len(applied)} of {len(results)} stages applied, consistency {consistency:.1f} dB")
+        return PriorResult(fused, applied[-1].proposal, uncertainty, grids, consistency, loss, seconds, gain,
+                           networks, learned, records)
 
     def as_dict(self) -> dict[str, Any]:
         st = self.settings

@@ -171,6 +171,7 @@ def _prior_of(workflow: ConfigWorkflow) -> dict[str, Any] | None:
         "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
         "train_l1": round(result.train_loss, 6) if math.isfinite(result.train_loss) else None,  # None: loaded
         "inplane_gain_db": round(result.inplane_gain, 3),
+        "stages": result.stages,
     })
     if out["applied"]:
         out["consistency_psnr_db"] = round(min(result.consistency_psnr, 999.0), 1)

@@ -272,8 +272,10 @@ class PriorResult:
         seconds: wall time per stage (``pairs``, ``train``, ``apply``).
         inplane_gain: PSNR gain (dB) of the network over the best aligned interpolation on held-out in-plane planes
             (:meth:`SlicePrior.inplane_gain`).
-        network: the plane network's weights (CPU), what a saved prior (:data:`PRIOR_MODEL_FILE`) holds.
-        learned: what the network maps, in output pixels (:meth:`SlicePrior.learned`).
+        networks: the plane networks' weights (CPU), one per stage (the cross-scale prior upsamples ×4 as two ×2
+            stages), what a saved prior (:data:`PRIOR_MODEL_FILE`) holds.
+        learned: what the networks map, in output pixels (:meth:`SlicePrior.learned`).
+        stages: per stage: its factors, held-out gain, training loss (one stage for the thick-slice prior).
     """
 
     fused: torch.Tensor | None
@@ -284,8 +286,9 @@ class PriorResult:
     train_loss: float
     seconds: dict[str, float] = field(default_factory=dict)
     inplane_gain: float = float("nan")
-    network: dict[str, torch.Tensor] | None = None
+    networks: list[dict[str, torch.Tensor]] = field(default_factory=list)
     learned: dict[str, Any] = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)
 
 
 def degraded_pairs(
@@ -486,6 +489,10 @@ class SlicePrior:
     data: Sequence[PriorVolume] = ()
     #: a saved prior (:func:`load_prior_model`) used instead of training one (:meth:`use`)
     pretrained: Mapping[str, Any] | None = None
+    #: which stage of :attr:`pretrained` this prior applies, and whether it checks the saved task itself (a staged
+    #: prior checks every stage at once)
+    stage_index: int = 0
+    check_stages: bool = True
 
     def use(self, data: Sequence["PriorVolume"] = (), pretrained: Mapping[str, Any] | None = None) -> "SlicePrior":
         """Train also on the pairs of HR volumes ``data`` (:func:`load_prior_data`), or apply the saved prior
@@ -495,11 +502,12 @@ class SlicePrior:
 
     def learned(self, grids: Sequence[ThickAxisGrid]) -> dict[str, Any]:
         """What the network maps, in output pixels: a plane whose ``H`` axis was sampled every ``factor`` pixels with
-        a footprint ``width_px`` pixels wide (per distinct upsampled axis), interpolated back by ``start``, to its
-        sharp version. A saved prior applies to a scan that needs the same."""
+        a footprint ``width_px`` pixels wide (``stages``: one list of ``[factor, width_px]`` per stage, one entry per
+        distinct upsampled axis), interpolated back by ``start``, to its sharp version. A saved prior applies to a
+        scan that needs the same."""
         tasks = sorted({(g.subdivision, round(self.footprint(g.axis)[1] / g.spacing, 3)) for g in grids})
         st = self.settings
-        return {"profile": self.profile, "start": self.start, "tasks": [list(t) for t in tasks],
+        return {"profile": self.profile, "start": self.start, "stages": [[list(t) for t in tasks]],
                 "channels": st.channels, "layers": st.layers}
 
     def _data_pairs(self, grids: Sequence[ThickAxisGrid]) -> list[PlanePairs]:
@@ -527,14 +535,21 @@ class SlicePrior:
                              f"{min(t[0] for t in tasks):g} mm along any axis.")
         return groups
 
-    def _load_network(self, grids: Sequence[ThickAxisGrid]) -> None:
-        """Set the network from :attr:`pretrained`, after checking that it learned what this scan needs."""
-        saved, needed = dict(self.pretrained["learned"]), self.learned(grids)
-        if saved != needed:
+    def check_pretrained(self, needed: Mapping[str, Any]) -> None:
+        """Raise unless :attr:`pretrained` learned ``needed`` (:meth:`learned`)."""
+        saved = dict(self.pretrained["learned"])
+        if saved != dict(needed):
             raise ValueError(f"the saved prior {self.pretrained.get('path', '')} learned {saved}, but this scan needs "
-                             f"{needed} (same profile, factor, footprint width in output pixels and network size).")
+                             f"{dict(needed)} (same profile, factors, footprint width in output pixels and network "
+                             f"size).")
+
+    def _load_network(self, grids: Sequence[ThickAxisGrid], stage: int = 0, check: bool = True) -> None:
+        """Set the network from stage ``stage`` of :attr:`pretrained`, after checking (``check``) that it learned
+        what this scan needs."""
+        if check:
+            self.check_pretrained(self.learned(grids))
         net = PlaneResidualNet(self.settings.channels, self.settings.layers)
-        net.load_state_dict(self.pretrained["network"])
+        net.load_state_dict(self.pretrained["networks"][stage])
         self.network = net.to(self.device).eval()
 
     # ------------------------------------------------------------------ training
@@ -708,7 +723,7 @@ class SlicePrior:
         if self.pretrained is None:
             loss = self.train([g.training() for g in groups] + [g.training() for g in extra])
         else:
-            self._load_network(grids)
+            self._load_network(grids, self.stage_index, check=self.stage_index == 0 and self.check_stages)
             loss = float("nan")
         gains = self.inplane_gain(groups)
         gain = gains["best"]
@@ -717,14 +732,21 @@ class SlicePrior:
                    f"({gains['start']:+.2f} dB over its input)")
         if not gain >= self.settings.min_gain:  # stepped aside: not applied (run_prior says so)
             logger.info(f"{summary}, seconds {seconds}")
-            return PriorResult(None, None, None, grids, float("nan"), loss, seconds, gain, self._weights(), self.learned(grids))
+            return PriorResult(None, None, None, grids, float("nan"), loss, seconds, gain, [self._weights()],
+                               self.learned(grids), [self._stage(grids, gain, loss)])
         start = time.perf_counter()
         fused, proposal, uncertainty = self.apply(vol, grids)
         consistency = self.consistency_psnr(fused, vol, grids)
         seconds["apply"] = time.perf_counter() - start
         logger.info(f"{summary}, consistency {consistency:.1f} dB, seconds {seconds}")
-        return PriorResult(fused, proposal, uncertainty, grids, consistency, loss, seconds, gain, self._weights(),
-                           self.learned(grids))
+        return PriorResult(fused, proposal, uncertainty, grids, consistency, loss, seconds, gain, [self._weights()],
+                           self.learned(grids), [self._stage(grids, gain, loss)])
+
+    @staticmethod
+    def _stage(grids: Sequence[ThickAxisGrid], gain: float, loss: float) -> dict[str, Any]:
+        """One stage's record: factor per upsampled axis, held-out gain (dB), training L1 (``None``: loaded)."""
+        return {"factors": {str(g.axis): g.subdivision for g in grids}, "gain_db": round(float(gain), 3),
+                "train_l1": round(float(loss), 6) if math.isfinite(loss) else None}
 
     def _weights(self) -> dict[str, torch.Tensor]:
         """The network's weights on the CPU."""
@@ -768,8 +790,8 @@ def load_prior_data(directory: str | os.PathLike) -> list[PriorVolume]:
 
 
 def load_prior_model(path: str | os.PathLike) -> dict[str, Any]:
-    """A saved prior (:data:`PRIOR_MODEL_FILE`, or a model or run folder holding one): ``learned``, ``network``
-    and ``path``.
+    """A saved prior (:data:`PRIOR_MODEL_FILE`, or a model or run folder holding one): ``learned``, ``networks``
+    (one per stage) and ``path``.
 
     Raises:
         ValueError: no such file, or a file that is not a saved prior.
@@ -787,10 +809,10 @@ def load_prior_model(path: str | os.PathLike) -> dict[str, Any]:
         saved = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"prior {str(file)!r} is not a saved prior ({PRIOR_MODEL_FILE}): {exc}") from exc
-    if not isinstance(saved, Mapping) or saved.get("format") != PRIOR_MODEL_FILE or "network" not in saved:
+    if not isinstance(saved, Mapping) or saved.get("format") != PRIOR_MODEL_FILE or "networks" not in saved:
         raise ValueError(f"prior {str(file)!r} is not a saved prior (no {PRIOR_MODEL_FILE} content; a model's "
                          f"checkpoint is model.pt).")
-    return {"learned": saved["learned"], "network": saved["network"], "path": str(file)}
+    return {"learned": saved["learned"], "networks": saved["networks"], "path": str(file)}
 
 
 def save_prior_model(result: PriorResult, path: str | os.PathLike) -> str:
@@ -798,7 +820,7 @@ def save_prior_model(result: PriorResult, path: str | os.PathLike) -> str:
     from .utils import atomic_path
 
     with atomic_path(path) as tmp:
-        torch.save({"format": PRIOR_MODEL_FILE, "learned": result.learned, "network": result.network,
+        torch.save({"format": PRIOR_MODEL_FILE, "learned": result.learned, "networks": result.networks,
                     "inplane_gain_db": float(result.inplane_gain)}, tmp)
     return str(path)
 
@@ -978,7 +1000,7 @@ def _train_or_reuse(
     if path is not None:
         with atomic_path(path) as tmp:
             torch.save({"key": key, "result": result}, tmp)
-        if result.network is not None:
+        if result.networks:
             save_prior_model(result, path.parent / PRIOR_MODEL_FILE)
     return result
 

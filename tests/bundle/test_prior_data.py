@@ -62,7 +62,7 @@ def test_fit_with_prior_data_trains_on_its_pairs_and_saves_the_prior(trained):
     assert info["prior"]["kind"] == "cross-scale" and info["prior"]["data"] == ["atlas.nii.gz"]
     assert info["prior_model"] == PRIOR_MODEL_FILE
     saved = load_prior_model(trained)  # a model folder names its prior
-    assert saved["learned"]["tasks"] == [[2, 2.0]] and saved["learned"]["profile"] == "box"
+    assert saved["learned"]["stages"] == [[[2, 2.0]]] and saved["learned"]["profile"] == "box"
 
 
 def test_more_training_pairs_come_from_the_hr_volumes(hr_folder, tmp_path, monkeypatch):
@@ -88,7 +88,7 @@ def test_saved_prior_is_applied_to_another_volume_without_training(trained, tmp_
     assert result.prior["train_l1"] is None  # loaded, not trained
     network = result.workflow.parser.get_parsed_content("learned_prior").network
     for name, value in network.state_dict().items():
-        torch.testing.assert_close(value, saved["network"][name])
+        torch.testing.assert_close(value, saved["networks"][0][name])
     assert result.prior["consistency_psnr_db"] >= 45.0
 
 
@@ -98,7 +98,9 @@ def test_saved_prior_of_another_task_is_refused_by_name(trained, tmp_path):
         fit(coarser, tmp_path / "run", dict(SHORT, prior=str(trained)))
     error = telling_error(refused.value)
     assert isinstance(error, ValueError)
-    assert re.search(r"learned .*'tasks': \[\[2, 2\.0\]\].*needs .*'tasks': \[\[4, 4\.0\]\]", str(error))
+    # ×4 is taken as two ×2 stages: the saved single ×2 stage is not that task
+    assert re.search(r"learned .*'stages': \[\[\[2, 2\.0\]\]\].*needs .*'stages': \[\[\[2, 2\.0\]\], \[\[2, 2\.0\]\]\]",
+                     str(error))
 
 
 @pytest.mark.parametrize(

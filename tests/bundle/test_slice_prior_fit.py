@@ -128,7 +128,8 @@ def test_prior_none_keeps_the_field_on_the_lr_grid(thick_scan, tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"prior": "always"}, "prior must be one of"), ({"prior_spacing": -1}, "prior_spacing must be a positive")],
+    [({"prior": "always"}, "prior must be auto, none or a saved prior .* got .always.: no such file"),
+     ({"prior_spacing": -1}, "prior_spacing must be a positive")],
 )
 def test_bad_prior_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -120,3 +120,30 @@ def test_prior_steps_aside_where_nothing_repeats_across_scales():
     prior = CrossScalePrior((2.0, 2.0, 2.0), "box", (2.0, 2.0, 2.0), 1.0, PriorSettings(steps=60, patch=16))
     assert run_prior(prior, lr) is None
     assert prior.result is not None and prior.result.fused is None and prior.result.inplane_gain < 0.1
+
+
+def test_times_four_is_two_times_two_stages_composed_on_the_lr_grid():
+    """×4 box voxels: two ×2 stages, the second trained on the first's output; the output grid is the ×4 tiling grid
+    of the LR and the output reproduces every LR voxel (4 × 4 × 4 box means)."""
+    lr = torch.from_numpy(degraded(blocks(48, count=80), "box", 4)[0].numpy())  # 12³ voxels of 4 mm
+    prior = CrossScalePrior((4.0,) * 3, "box", (4.0,) * 3, 1.0, PriorSettings(steps=3, patch=16, min_gain=-100.0))
+    result = prior.run(lr)
+    assert [r["factors"] for r in result.stages] == [{"0": 2, "1": 2, "2": 2}] * 2
+    assert [(g.subdivision, g.origin) for g in result.grids] == [(4, -0.375)] * 3
+    assert result.fused.shape == result.uncertainty.shape == (48, 48, 48) and len(result.networks) == 2
+    means = result.fused.reshape(12, 4, 12, 4, 12, 4).mean((1, 3, 5))
+    assert float((means - lr).abs().max()) < 1e-5 and result.consistency_psnr >= 100.0
+    assert result.learned["stages"] == [[[2, 2.0]], [[2, 2.0]]]
+
+
+def test_stages_stop_at_the_first_that_misses_its_gate(monkeypatch):
+    """The second stage misses its gate: the output holds the first stage (×2 grid), and the record says so."""
+    lr = torch.from_numpy(degraded(blocks(48, count=80), "box", 4)[0].numpy())
+    gains = iter([0.5, -1.0])  # the held-out verdicts of the two stages (the gate: 0.1 dB)
+    monkeypatch.setattr(SlicePrior, "inplane_gain",
+                        lambda self, groups: {"best": next(gains), "start": 0.0, "best_baseline": "keys"})
+    prior = CrossScalePrior((4.0,) * 3, "box", (4.0,) * 3, 1.0, PriorSettings(steps=3, patch=16))
+    result = prior.run(lr)
+    assert [g.subdivision for g in result.grids] == [2, 2, 2] and result.fused.shape == (24, 24, 24)
+    assert [r["gain_db"] for r in result.stages] == [0.5, -1.0] and result.inplane_gain == 0.5
+    assert result.consistency_psnr >= 100.0
