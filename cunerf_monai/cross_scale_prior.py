@@ -10,8 +10,8 @@ from, but the scan itself holds the same kind of structure one scale up:
    phase), interpolated back by the network's start onto the LR grid; the targets are the LR planes themselves
    (:func:`~cunerf_monai.slice_prior.degraded_pairs`). What the network learns from ``r_a · s_a → s_a`` it applies
    at ``s_a → s_a / r_a``: that scale shift is the assumption, and the gate checks it.
-2. **Gate**: every :data:`~cunerf_monai.slice_prior.HOLDOUT_EVERY`-th plane of each orientation is held out; the
-   network must beat the best aligned interpolation (trilinear, Keys, B-spline) on their degraded samples by
+2. **Gate**: a central slab of the volume (:func:`held_out_slab`) is held out of every training plane; the network
+   must beat the best aligned interpolation (trilinear, Keys, B-spline) on the slab's planes' degraded samples by
    ``min_gain`` dB, else the fit uses the field alone.
 3. **Apply**: along each upsampled axis in turn (:meth:`~cunerf_monai.slice_prior.SlicePrior.apply`): the volume so
    far interpolated along the axis, the network on the planes that contain it in both orientations (their mean the
@@ -35,20 +35,30 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .axis_operators import apply_along_axis, baseline_interpolation_matrices
+from .axis_operators import apply_along_axis, baseline_interpolation_matrices, consistent_correction
 from .slice_prior import (
+    HOLDOUT_EVERY,
     PlanePairs,
     PriorResult,
     PriorSettings,
     SlicePrior,
     ThickAxisGrid,
     degraded_pairs,
-    held_out_slices,
 )
 
-__all__ = ["CrossScalePrior", "stage_factors"]
+__all__ = ["CrossScalePrior", "stage_factors", "held_out_slab"]
 
 logger = logging.getLogger(__name__)
+
+
+def held_out_slab(count: int, every: int = HOLDOUT_EVERY) -> tuple[int, int]:
+    """``(lo, hi)``: the central slab of ``count // every`` slices (at least one; none for a single slice) that the
+    cross-scale prior holds out of training to judge its network."""
+    if count < 2:
+        return 0, 0
+    size = max(1, count // every)
+    lo = (count - size) // 2
+    return lo, lo + size
 
 
 def stage_factors(subdivisions: Sequence[int]) -> list[list[int]]:
@@ -122,41 +132,61 @@ class CrossScalePrior(SlicePrior):
         return f"cross-scale, {self.profile} voxels: {parts}"
 
     def _pairs(self, lr: np.ndarray, grids: Sequence[ThickAxisGrid]) -> list[PlanePairs]:
-        """Pairs from the LR planes, one :class:`PlanePairs` per (degraded axis ``a``, in-plane axis ``b``): ``H``
-        along ``a`` on the LR grid, ``W`` along ``b``, stacked over the third axis (every
-        :data:`~cunerf_monai.slice_prior.HOLDOUT_EVERY`-th held out); degraded by ``r_a`` times the footprint."""
+        """Pairs from the LR planes, ``H`` along a degraded axis ``a`` on the LR grid, degraded by ``r_a`` times the
+        footprint, in both orientations of planes containing ``a``.
+
+        The gate's planes are a slab (:func:`held_out_slab`) across the axis ``h`` with the most voxels, and no
+        training plane holds a voxel of it: planes stacked across ``h`` hold out the slab's (the gate scores them);
+        planes spanning ``h`` are cut into the parts before and after the slab (along ``W``, or along ``H`` when
+        ``a`` is ``h``), every part its own group.
+        """
+        h = int(np.argmax(lr.shape))
+        lo, hi = held_out_slab(lr.shape[h])
         groups = []
         for grid in grids:
             a, r = grid.axis, grid.subdivision
             s, w = self.spacing[a], self.widths[a]
+
+            def add(planes: np.ndarray, held: np.ndarray) -> None:
+                pairs = degraded_pairs(planes, s, s, r * s, self.profile, r * w, self._start_matrix, held)
+                if pairs is not None:
+                    groups.append(pairs)
+
             for b in range(3):
                 if b == a:
                     continue
                 c = 3 - a - b
                 planes = np.moveaxis(lr, (c, a, b), (0, 1, 2))  # (n_c, n_a, n_b)
-                pairs = degraded_pairs(planes, s, s, r * s, self.profile, r * w, self._start_matrix,
-                                       held_out_slices(planes.shape[0]))
-                if pairs is not None:
-                    groups.append(pairs)
+                if c == h:  # stacked across h: the slab's planes are the held-out ones
+                    held = np.zeros(planes.shape[0], dtype=bool)
+                    held[lo:hi] = True
+                    add(planes, held)
+                    continue
+                cut = 1 if a == h else 2  # the axis of the planes (H or W) that spans h
+                for part in (planes.take(range(0, lo), axis=cut), planes.take(range(hi, planes.shape[cut]), axis=cut)):
+                    if min(part.shape[1:]) >= 2:
+                        add(part, np.zeros(part.shape[0], dtype=bool))
         if not groups:
             raise ValueError("the volume is too small to make cross-scale training pairs for the prior.")
         return groups
 
     # ------------------------------------------------------------------ stages
     def _stage_priors(self, lr_shape: Sequence[int]) -> list[tuple["CrossScalePrior", tuple[int, ...]]]:
-        """One single-stage prior per stage (:func:`stage_factors`) with the LR shape it takes: its voxels are the
-        previous stage's outputs (spacing and footprint width divided by the factor)."""
+        """One single-stage prior per stage (:func:`stage_factors`) with the LR shape it takes: after the first, its
+        voxels are the previous stage's outputs, box means of their cells (spacing divided by the factor)."""
         grids = {g.axis: g.subdivision for g in self.grids_for(lr_shape)}
         plan = stage_factors([grids.get(a, 1) for a in range(3)])
         spacing, widths, shape, out = list(self.spacing), list(self.widths), [int(n) for n in lr_shape], []
+        profile = self.profile
         for k, factors in enumerate(plan):
-            stage = CrossScalePrior(spacing, self.profile, widths, [s / f for s, f in zip(spacing, factors)],
+            stage = CrossScalePrior(spacing, profile, widths, [s / f for s, f in zip(spacing, factors)],
                                     self.settings, self.device, self.progress)
             stage.use(self.data, self.pretrained)
             stage.stage_index, stage.check_stages = k, len(plan) == 1
             out.append((stage, tuple(shape)))
             spacing = [s / f for s, f in zip(spacing, factors)]
-            widths = [w / f for w, f in zip(widths, factors)]
+            # a stage's output voxels are the means of their cells (the fine grid of the forward model)
+            profile, widths = "box", list(spacing)
             shape = [n * f for n, f in zip(shape, factors)]
         return out
 
@@ -189,6 +219,21 @@ class CrossScalePrior(SlicePrior):
                 break
             current = result.fused
         return self._compose(vol, stages, results)
+
+    def make_exact(self, x: torch.Tensor, lr: torch.Tensor, grids: Sequence[ThickAxisGrid]) -> torch.Tensor:
+        """``x + P (y − A x)`` with ``A`` the forward model from ``grids`` to the LR along every axis at once and
+        ``P`` its exact right inverse per axis: the stages are each consistent with their input, and this makes the
+        whole consistent with the scan's own profile (a Gaussian, or a box other than the voxel, is not the box
+        of cells a later stage assumes)."""
+        residual = lr.to(x.dtype)
+        degraded = x
+        for grid in grids:
+            degraded = apply_along_axis(self.forward_operator(grid), degraded, grid.axis)
+        residual = residual - degraded
+        for grid in grids:
+            correction = consistent_correction(self.forward_operator(grid), self.settings.covariance_width)
+            residual = apply_along_axis(correction, residual, grid.axis)
+        return x + residual.to(x.dtype)
 
     def _single(self, vol: torch.Tensor) -> PriorResult:
         """One stage: the mechanism's run (:meth:`SlicePrior.run`)."""
@@ -226,7 +271,7 @@ class CrossScalePrior(SlicePrior):
                 carry = baseline_interpolation_matrices(np.arange(g.lr_count, dtype=np.float64), g.positions())
                 uncertainty = apply_along_axis(carry["trilinear"], uncertainty, g.axis)
             uncertainty = torch.sqrt(uncertainty.to(r.uncertainty.dtype) ** 2 + r.uncertainty ** 2)
-        fused = applied[-1].fused
+        fused = self.make_exact(applied[-1].fused, vol, grids)
         gain = min(r.inplane_gain for r in applied)
         consistency = self.consistency_psnr(fused, vol, grids)
         logger.info(f"prior: {len(applied)} of {len(results)} stages applied, consistency {consistency:.1f} dB")

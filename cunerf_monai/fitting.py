@@ -170,7 +170,7 @@ def _prior_of(workflow: ConfigWorkflow) -> dict[str, Any] | None:
         "grids": [grid.as_dict() for grid in result.grids],
         "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
         "train_l1": round(result.train_loss, 6) if math.isfinite(result.train_loss) else None,  # None: loaded
-        "inplane_gain_db": round(result.inplane_gain, 3),
+        "inplane_gain_db": round(result.inplane_gain, 3) if math.isfinite(result.inplane_gain) else None,
         "stages": result.stages,
     })
     if out["applied"]:

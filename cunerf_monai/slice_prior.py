@@ -500,6 +500,23 @@ class SlicePrior:
         self.data, self.pretrained = tuple(data), pretrained
         return self
 
+    def sources(self) -> dict[str, Any]:
+        """Fingerprints of what the prior learns from besides the scan (for the reuse key): the ``prior_data``
+        volumes' bytes and a saved prior's weights."""
+        import hashlib
+
+        out: dict[str, Any] = {}
+        if self.data:
+            out["data"] = [hashlib.sha256(np.ascontiguousarray(v.volume).tobytes() + repr(v.spacing).encode()).hexdigest()
+                           for v in self.data]
+        if self.pretrained is not None:
+            digest = hashlib.sha256()
+            for state in self.pretrained["networks"]:
+                for name in sorted(state):
+                    digest.update(name.encode() + state[name].detach().cpu().numpy().tobytes())
+            out["pretrained"] = digest.hexdigest()
+        return out
+
     def learned(self, grids: Sequence[ThickAxisGrid]) -> dict[str, Any]:
         """What the network maps, in output pixels: a plane whose ``H`` axis was sampled every ``factor`` pixels with
         a footprint ``width_px`` pixels wide (``stages``: one list of ``[factor, width_px]`` per stage, one entry per
@@ -531,8 +548,11 @@ class SlicePrior:
                         if pairs is not None:
                             groups.append(pairs)
         if self.data and not groups:
-            raise ValueError(f"prior_data: no volume holds planes as fine as the output spacing "
-                             f"{min(t[0] for t in tasks):g} mm along any axis.")
+            message = (f"prior_data: no volume holds planes as fine as the output spacing "
+                       f"{min(t[0] for t in tasks):g} mm along any axis (and at least two samples long)")
+            if self.stage_index == 0:
+                raise ValueError(message + ".")
+            logger.warning(message + f": stage {self.stage_index + 1} trains on the scan alone")
         return groups
 
     def check_pretrained(self, needed: Mapping[str, Any]) -> None:
@@ -745,7 +765,8 @@ class SlicePrior:
     @staticmethod
     def _stage(grids: Sequence[ThickAxisGrid], gain: float, loss: float) -> dict[str, Any]:
         """One stage's record: factor per upsampled axis, held-out gain (dB), training L1 (``None``: loaded)."""
-        return {"factors": {str(g.axis): g.subdivision for g in grids}, "gain_db": round(float(gain), 3),
+        return {"factors": {str(g.axis): g.subdivision for g in grids},
+                "gain_db": round(float(gain), 3) if math.isfinite(gain) else None,
                 "train_l1": round(float(loss), 6) if math.isfinite(loss) else None}
 
     def _weights(self) -> dict[str, torch.Tensor]:
@@ -757,6 +778,8 @@ class SlicePrior:
 # the prior inside a fit (called from the training config)
 # ---------------------------------------------------------------------------------------------------------------
 PRIOR_FILE = "prior.pt"
+#: version of what ``prior.pt`` stores: a stored result of another version is not reused (the prior trains again)
+STORE_FORMAT = 2
 #: the trained network of a fit's prior and what it learned, reusable on other scans (``prior: PATH``)
 PRIOR_MODEL_FILE = "prior_model.pt"
 #: file endings of the volumes ``prior_data`` reads (folders are read as DICOM series)
@@ -980,6 +1003,9 @@ def _train_or_reuse(
     from .utils import atomic_path
 
     check_resumable(save_dir, reuse, prior=describe(prior))
+    model_path = None if save_dir is None else Path(save_dir) / PRIOR_MODEL_FILE
+    if model_path is not None and model_path.is_file():  # only this run's prior may be left there
+        model_path.unlink()
     if prior is None:
         return None
     vol = image[0].detach().float().cpu()
@@ -989,19 +1015,22 @@ def _train_or_reuse(
         return None
     affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
     digest = hashlib.sha256(vol.numpy().tobytes() + affine.tobytes()).hexdigest()
-    key = {"settings": describe(prior), "spacing": list(prior.spacing), "shape": list(vol.shape), "sha256": digest}
+    key = {"format": STORE_FORMAT, "settings": describe(prior), "sources": prior.sources(), "spacing": list(prior.spacing),
+           "shape": list(vol.shape), "sha256": digest}
     path = None if save_dir is None else Path(save_dir) / PRIOR_FILE
+    result = None
     if reuse and path is not None and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=False)
         if saved.get("key") == key:
             logger.info(f"prior: reusing {path}")
-            return saved["result"]
-    result = prior.run(vol)
-    if path is not None:
-        with atomic_path(path) as tmp:
-            torch.save({"key": key, "result": result}, tmp)
-        if result.networks:
-            save_prior_model(result, path.parent / PRIOR_MODEL_FILE)
+            result = saved["result"]
+    if result is None:
+        result = prior.run(vol)
+        if path is not None:
+            with atomic_path(path) as tmp:
+                torch.save({"key": key, "result": result}, tmp)
+    if model_path is not None and result.networks:
+        save_prior_model(result, model_path)
     return result
 
 

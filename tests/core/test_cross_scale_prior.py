@@ -11,9 +11,10 @@ import torch
 from monai.data import MetaTensor
 
 from conftest import blocks
-from cunerf_monai.cross_scale_prior import CrossScalePrior
+from cunerf_monai.cross_scale_prior import CrossScalePrior, held_out_slab
 from cunerf_monai.evaluation import psnr, run_baselines
 from cunerf_monai.forward_model import ForwardModel
+from cunerf_monai.networks.planenet import PlaneResidualNet
 from cunerf_monai.slice_prior import PriorSettings, SlicePrior, field_grid, prior_for, render_forward, run_prior
 from cunerf_monai.transforms.array import SimulateLowResolution
 
@@ -46,25 +47,41 @@ def test_a_scan_gets_the_thick_slice_prior_or_the_cross_scale_prior_by_its_shape
 
 def test_pairs_are_the_lr_planes_degraded_once_more_by_the_output_factor():
     """Box voxels of 2 mm rendered at 1 mm: the pairs' inputs are 4 mm box means (every phase) Keys-interpolated back
-    onto the LR grid, their targets the LR planes; one group per (degraded axis, in-plane axis)."""
+    onto the LR grid, their targets the LR planes."""
     prior = CrossScalePrior((2.0, 2.0, 2.0), "box", (2.0, 2.0, 2.0), 1.0, PriorSettings(steps=1))
     lr = np.zeros((16, 12, 10), np.float32)
-    lr[:8] = 1.0  # a step along axis 0 between LR voxels 7 and 8
-    lr += np.arange(12, dtype=np.float32)[None, :, None] * 0.01
+    lr[:, :6] = 1.0  # a step along axis 1 between LR voxels 5 and 6
+    lr += np.arange(10, dtype=np.float32)[None, None, :] * 0.01
     groups = prior._pairs(lr, prior.grids_for(lr.shape))
-    assert len(groups) == 6
-    first = groups[0]  # axis 0 degraded, W along axis 1, stacked over axis 2 (10 planes, 2 phases)
-    assert first.inputs.shape == first.targets.shape == (20, 16, 12)
-    np.testing.assert_array_equal(first.targets[3], lr[:, :, 3])
-    # phase 0 averages LR voxels (0, 1), (2, 3), …, (6, 7): the step falls between two 4 mm samples and only the
-    # interpolation blurs it; phase 1 averages (7, 8): that sample straddles the step, which spreads further
-    phase0, phase1 = first.inputs[0, :, 0], first.inputs[10, :, 0]
-    np.testing.assert_allclose(phase0[:5], lr[:5, 0, 0], atol=1e-5)  # far from the step: the LR itself
-    assert abs(phase1[7] - phase1[8]) < abs(phase0[7] - phase0[8]) < 1.0 - 0.2
+    # axis 1 degraded, W along axis 2, stacked across axis 0 (the longest: its central slab is held out)
+    first = next(g for g in groups if g.held.any() and g.inputs.shape[1] == 12)
+    assert first.inputs.shape == first.targets.shape == (32, 12, 10)  # 16 planes × 2 phases
+    np.testing.assert_array_equal(first.targets[3], lr[3])
+    # phase 0 averages LR voxels (0, 1), …, (4, 5), (6, 7): the step falls between two 4 mm samples and only the
+    # interpolation blurs it; phase 1 averages (5, 6): that sample straddles the step, which spreads further
+    phase0, phase1 = first.inputs[0, :, 0], first.inputs[16, :, 0]
+    np.testing.assert_allclose(phase0[:3], lr[0, :3, 0], atol=1e-5)  # far from the step: the LR itself
+    assert abs(phase1[5] - phase1[6]) < abs(phase0[5] - phase0[6]) < 1.0 - 0.2
     # a ramp along the degraded axis survives box means and interior Keys interpolation
-    ramp = prior._pairs(np.broadcast_to(np.arange(16, dtype=np.float32)[:, None, None], (16, 12, 10)).copy(),
-                        prior.grids_for((16, 12, 10)))[0]
-    np.testing.assert_allclose(ramp.inputs[:, 4:-4], ramp.targets[:, 4:-4], atol=1e-4)
+    ramp = np.broadcast_to(np.arange(12, dtype=np.float32)[None, :, None], (16, 12, 10)).copy()
+    pairs = next(g for g in prior._pairs(ramp, prior.grids_for(ramp.shape)) if g.held.any() and g.inputs.shape[1] == 12)
+    np.testing.assert_allclose(pairs.inputs[:, 4:-4], pairs.targets[:, 4:-4], atol=1e-4)
+
+
+def test_no_training_plane_holds_a_voxel_of_the_held_out_slab():
+    """The gate's slab (the central eighth across the longest axis) is in no training pair, in any orientation:
+    a marked slab never reaches a training input or target, and the gate's planes are the slab's."""
+    prior = CrossScalePrior((2.0, 2.0, 2.0), "box", (2.0, 2.0, 2.0), 1.0, PriorSettings(steps=1))
+    lr = np.zeros((12, 24, 10), np.float32)
+    lo, hi = held_out_slab(24)
+    assert (lo, hi) == (10, 13)
+    lr[:, lo:hi] = 100.0
+    groups = prior._pairs(lr, prior.grids_for(lr.shape))
+    for pairs in groups:
+        inputs, targets = pairs.training()
+        assert float(np.abs(inputs).max(initial=0.0)) < 1.0 and float(targets.max(initial=0.0)) == 0.0
+    held = [pairs.targets[pairs.held] for pairs in groups if pairs.held.any()]
+    assert len(held) == 2 and all(float(t.min()) == 100.0 for t in held)  # axes 0 and 2 degraded, across axis 1
 
 
 @pytest.mark.parametrize("profile", ["box", "point"])
@@ -122,6 +139,17 @@ def test_prior_steps_aside_where_nothing_repeats_across_scales():
     assert prior.result is not None and prior.result.fused is None and prior.result.inplane_gain < 0.1
 
 
+@pytest.mark.parametrize("profile, width", [("gaussian", 4.0), ("box", 3.0)])
+def test_times_four_output_reproduces_a_footprint_that_is_not_the_cells(profile, width):
+    """A Gaussian voxel, or a box narrower than the spacing, is not the box of cells a second stage assumes: the
+    composed output is still made exactly consistent with the scan's own footprint."""
+    lr = torch.from_numpy(degraded(blocks(48, count=80), "box", 4)[0].numpy())
+    prior = CrossScalePrior((4.0,) * 3, profile, (width,) * 3, 1.0, PriorSettings(steps=2, patch=16, min_gain=-100.0))
+    result = prior.run(lr)
+    assert len(result.stages) == 2 and result.fused.shape == (48, 48, 48)
+    assert result.consistency_psnr >= 100.0
+
+
 def test_times_four_is_two_times_two_stages_composed_on_the_lr_grid():
     """×4 box voxels: two ×2 stages, the second trained on the first's output; the output grid is the ×4 tiling grid
     of the LR and the output reproduces every LR voxel (4 × 4 × 4 box means)."""
@@ -147,3 +175,26 @@ def test_stages_stop_at_the_first_that_misses_its_gate(monkeypatch):
     assert [g.subdivision for g in result.grids] == [2, 2, 2] and result.fused.shape == (24, 24, 24)
     assert [r["gain_db"] for r in result.stages] == [0.5, -1.0] and result.inplane_gain == 0.5
     assert result.consistency_psnr >= 100.0
+
+
+def test_a_saved_two_stage_prior_applies_each_stage_network_in_turn(monkeypatch):
+    """Applied to another scan, a saved ×4 prior loads stage k's network into stage k and trains nothing; a scan
+    that needs another task (here Gaussian voxels) is refused, naming both."""
+    settings = PriorSettings(steps=2, patch=16, min_gain=-100.0)
+    trained = CrossScalePrior((4.0,) * 3, "box", (4.0,) * 3, 1.0, settings).run(
+        torch.from_numpy(degraded(blocks(48, count=80, seed=1), "box", 4)[0].numpy()))
+    saved = {"learned": trained.learned, "networks": trained.networks, "path": "saved.pt"}
+    loaded = []
+    real = PlaneResidualNet.load_state_dict
+
+    def recording(self, state, *args, **kwargs):
+        loaded.append(state)
+        return real(self, state, *args, **kwargs)
+
+    monkeypatch.setattr(PlaneResidualNet, "load_state_dict", recording)
+    other = torch.from_numpy(degraded(blocks(48, count=80, seed=2), "box", 4)[0].numpy())
+    applied = CrossScalePrior((4.0,) * 3, "box", (4.0,) * 3, 1.0, settings).use(pretrained=saved).run(other)
+    assert [id(s) for s in loaded] == [id(n) for n in trained.networks]  # stage 1's, then stage 2's
+    assert [r["train_l1"] for r in applied.stages] == [None, None] and applied.consistency_psnr >= 100.0
+    with pytest.raises(ValueError, match=r"learned .*'profile': 'box'.*needs .*'profile': 'gaussian'"):
+        CrossScalePrior((4.0,) * 3, "gaussian", (4.0,) * 3, 1.0, settings).use(pretrained=saved).run(other)
