@@ -129,6 +129,10 @@ def setup(tmp_path_factory) -> dict:
     return {"base": base, "volume": str(volume)}
 
 
+#: what the C++ runtime prints when a rank aborts without a Python exception
+NATIVE_ABORT = "terminate called without an active exception"
+
+
 def _torchrun(setup: dict, out: Path, overlay: dict, volume: str | None = None, args=ARGS) -> subprocess.CompletedProcess:
     probe = out.parent / f"{out.name}_probe.json"
     probe.write_text(json.dumps(overlay))
@@ -142,7 +146,22 @@ def _torchrun(setup: dict, out: Path, overlay: dict, volume: str | None = None, 
         os.environ, CUNERF_BUNDLE_ROOT=str(ROOT / "bundle"), OMP_NUM_THREADS="1",
         PYTHONPATH=os.pathsep.join([str(setup["base"]), os.environ.get("PYTHONPATH", "")]),
     )
-    return subprocess.run(cmd, cwd=setup["base"], env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    before = out.parent / f"{out.name}_before"  # the folder as the run found it (a resumed run needs it again)
+    shutil.rmtree(before, ignore_errors=True)
+    if out.exists():
+        shutil.copytree(out, before)
+    res = subprocess.run(cmd, cwd=setup["base"], env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    if res.returncode != 0 and NATIVE_ABORT in res.stderr:
+        # a rank aborted inside the native process-group code (seen once in a full run on 2 loaded cores, with no
+        # Python error on any rank): run once more from the same start, saying so; a Python error fails at once
+        print(f"torchrun: a rank aborted natively ({NATIVE_ABORT!r}); running once more from the same start")
+        shutil.rmtree(out, ignore_errors=True)
+        if before.exists():
+            shutil.copytree(before, out)
+        res = subprocess.run(cmd, cwd=setup["base"], env=env, capture_output=True, encoding="utf-8", errors="replace",
+                             timeout=300)
+    shutil.rmtree(before, ignore_errors=True)
+    return res
 
 
 @pytest.fixture(scope="module")
