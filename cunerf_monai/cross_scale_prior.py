@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .axis_operators import apply_along_axis, baseline_interpolation_matrices, consistent_correction
+from .axis_operators import apply_along_axis, consistent_correction
 from .slice_prior import (
     HOLDOUT_EVERY,
     PlanePairs,
@@ -43,7 +43,9 @@ from .slice_prior import (
     PriorSettings,
     SlicePrior,
     ThickAxisGrid,
+    carry_along,
     degraded_pairs,
+    in_quadrature,
 )
 
 __all__ = ["CrossScalePrior", "stage_factors", "held_out_slab"]
@@ -107,11 +109,7 @@ class CrossScalePrior(SlicePrior):
         if not self.axes:
             raise ValueError(f"the cross-scale prior needs an output spacing at most half the voxel spacing on some "
                              f"axis, got {self.target_spacings} for spacing {self.spacing}.")
-        self.settings = settings or PriorSettings()
-        self.device = torch.device(device or "cpu")
-        self.progress = bool(progress)
-        self.network = None
-        self.result = None
+        self._start_runs(settings, device, progress)
 
     def footprint(self, axis: int) -> tuple[str, float]:
         return self.profile, self.widths[axis]
@@ -225,11 +223,7 @@ class CrossScalePrior(SlicePrior):
         ``P`` its exact right inverse per axis: the stages are each consistent with their input, and this makes the
         whole consistent with the scan's own profile (a Gaussian, or a box other than the voxel, is not the box
         of cells a later stage assumes)."""
-        residual = lr.to(x.dtype)
-        degraded = x
-        for grid in grids:
-            degraded = apply_along_axis(self.forward_operator(grid), degraded, grid.axis)
-        residual = residual - degraded
+        residual = lr.to(x.dtype) - self.degrade(x, grids)
         for grid in grids:
             correction = consistent_correction(self.forward_operator(grid), self.settings.covariance_width)
             residual = apply_along_axis(correction, residual, grid.axis)
@@ -267,10 +261,7 @@ class CrossScalePrior(SlicePrior):
         )
         uncertainty = applied[0].uncertainty
         for r in applied[1:]:
-            for g in r.grids:
-                carry = baseline_interpolation_matrices(np.arange(g.lr_count, dtype=np.float64), g.positions())
-                uncertainty = apply_along_axis(carry["trilinear"], uncertainty, g.axis)
-            uncertainty = torch.sqrt(uncertainty.to(r.uncertainty.dtype) ** 2 + r.uncertainty ** 2)
+            uncertainty = in_quadrature(carry_along(uncertainty, r.grids), r.uncertainty)
         fused = self.make_exact(applied[-1].fused, vol, grids)
         gain = min(r.inplane_gain for r in applied)
         consistency = self.consistency_psnr(fused, vol, grids)

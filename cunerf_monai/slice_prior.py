@@ -74,6 +74,8 @@ __all__ = [
     "load_prior_model",
     "save_prior_model",
     "degraded_pairs",
+    "carry_along",
+    "in_quadrature",
     "PlanePairs",
     "HOLDOUT_EVERY",
     "held_out_slices",
@@ -349,6 +351,20 @@ def degraded_pairs(
     )
 
 
+def carry_along(values: torch.Tensor, grids: Sequence[ThickAxisGrid]) -> torch.Tensor:
+    """``values`` on the LR grid of ``grids`` carried onto their output grids by linear interpolation along each
+    grid's axis (an uncertainty map onto a finer grid)."""
+    for grid in grids:
+        linear = baseline_interpolation_matrices(np.arange(grid.lr_count, dtype=np.float64), grid.positions())["trilinear"]
+        values = apply_along_axis(linear, values, grid.axis)
+    return values
+
+
+def in_quadrature(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``sqrt(first² + second²)`` in ``second``'s dtype: two independent spreads combined."""
+    return torch.sqrt(first.to(second.dtype) ** 2 + second**2)
+
+
 class SlicePrior:
     """Train the in-plane prior on one LR volume and apply it through-plane (see the module docstring). The base of
     :class:`~cunerf_monai.cross_scale_prior.CrossScalePrior` (one mechanism, other pairs).
@@ -386,6 +402,10 @@ class SlicePrior:
         self.width = float(width) if profile != "point" else 0.0
         finest = min(self.spacing[a] for a in self.inplane)
         self.target_spacing = max(float(target_spacing or finest), finest)
+        self._start_runs(settings, device, progress)
+
+    def _start_runs(self, settings: PriorSettings | None, device: torch.device | str | None, progress: bool) -> None:
+        """How the network is trained and where it runs; no network and no result yet."""
         self.settings = settings or PriorSettings()
         self.device = torch.device(device or "cpu")
         self.progress = bool(progress)
@@ -708,20 +728,19 @@ class SlicePrior:
         fused, uncertainty, proposal = lr, None, lr
         for grid in grids:
             proposal, spread, _ = self.propose(fused, grid)
-            if uncertainty is not None:
-                carry = baseline_interpolation_matrices(np.arange(grid.lr_count, dtype=np.float64), grid.positions())
-                moved = apply_along_axis(carry["trilinear"], uncertainty, grid.axis).to(spread.dtype)
-                spread = torch.sqrt(spread**2 + moved**2)
-            uncertainty = spread
+            uncertainty = spread if uncertainty is None else in_quadrature(carry_along(uncertainty, (grid,)), spread)
             fused, _ = self.make_consistent(proposal, fused, grid)
         return fused, proposal, uncertainty
 
+    def degrade(self, x: torch.Tensor, grids: Sequence[ThickAxisGrid]) -> torch.Tensor:
+        """``x`` on the output grids degraded along every grid's axis by the forward model onto the LR grid."""
+        for grid in grids:
+            x = apply_along_axis(self.forward_operator(grid), x, grid.axis)
+        return x
+
     def consistency_psnr(self, fused: torch.Tensor, lr: torch.Tensor, grids: Sequence[ThickAxisGrid]) -> float:
         """PSNR (dB, range 1) of ``fused`` degraded along every grid's axis by the forward model against ``lr``."""
-        degraded = fused
-        for grid in grids:
-            degraded = apply_along_axis(self.forward_operator(grid), degraded, grid.axis)
-        mse = float(torch.mean((degraded.double() - lr.double()) ** 2))
+        mse = float(torch.mean((self.degrade(fused, grids).double() - lr.double()) ** 2))
         return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
     def run(self, lr: torch.Tensor | np.ndarray) -> PriorResult:
@@ -793,6 +812,7 @@ def load_prior_data(directory: str | os.PathLike) -> list[PriorVolume]:
     Raises:
         ValueError: ``directory`` is not a folder or holds no volume.
     """
+    from .geometry import geometry_of
     from .io import load_normalized
 
     folder = Path(directory)
@@ -805,8 +825,7 @@ def load_prior_data(directory: str | os.PathLike) -> list[PriorVolume]:
     out = []
     for entry in entries:
         image = load_normalized(entry)
-        affine = np.asarray(image.affine, dtype=np.float64)
-        spacing = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+        spacing = tuple(float(v) for v in geometry_of(image).spacing)
         out.append(PriorVolume(entry.name, image[0].numpy().astype(np.float32), spacing))
     logger.info(f"prior_data: {len(out)} HR volume(s) from {folder}: {[v.name for v in out]}")
     return out
