@@ -66,6 +66,14 @@ def test_pairs_are_the_lr_planes_degraded_once_more_by_the_output_factor():
     ramp = np.broadcast_to(np.arange(12, dtype=np.float32)[None, :, None], (16, 12, 10)).copy()
     pairs = next(g for g in prior._pairs(ramp, prior.grids_for(ramp.shape)) if g.held.any() and g.inputs.shape[1] == 12)
     np.testing.assert_allclose(pairs.inputs[:, 4:-4], pairs.targets[:, 4:-4], atol=1e-4)
+    # ×3: a degraded sample is the mean of 3 LR voxels (6 mm over 2 mm voxels), not one voxel of the LR footprint:
+    # a plane of 3.0 at voxel 4 reads 1.0 at the sample centred on it (phase 0: samples at voxels 1, 4, 7, 10)
+    third = CrossScalePrior((2.0, 2.0, 2.0), "box", (2.0, 2.0, 2.0), [2.0, 2.0 / 3.0, 2.0], PriorSettings(steps=1))
+    impulse = np.zeros((16, 12, 10), np.float32)
+    impulse[:, 4] = 3.0
+    held = next(g for g in third._pairs(impulse, third.grids_for(impulse.shape)) if g.held.any())
+    assert held.inputs.shape == (48, 12, 10)  # 16 planes × 3 phases
+    np.testing.assert_allclose(held.inputs[0, 4], 1.0, atol=1e-5)
 
 
 def test_no_training_plane_holds_a_voxel_of_the_held_out_slab():
