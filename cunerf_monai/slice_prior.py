@@ -880,7 +880,10 @@ def prior_for(
 ) -> SlicePrior | None:
     """The prior a fit uses, or ``None`` (the field alone).
 
-    A scan with a thick axis (:func:`thick_axis`) gets the thick-slice prior (:class:`SlicePrior`). Any other scan
+    A scan with a thick axis (:func:`thick_axis`) gets the thick-slice prior (:class:`SlicePrior`); when
+    ``target_spacing`` also asks for at least twice the in-plane resolution and the in-plane voxels average a
+    footprint, the cross-scale prior follows it on the in-plane axes of its output
+    (:class:`~cunerf_monai.combined_prior.SliceCrossScalePrior`). Any other scan
     whose voxels average a footprint (box or Gaussian) gets the cross-scale prior
     (:class:`~cunerf_monai.cross_scale_prior.CrossScalePrior`) when ``target_spacing`` asks for at least twice its
     resolution on some axis: it states no finer spacing of its own, so the fit is told where the render goes
@@ -941,31 +944,47 @@ def _prior_of_shape(
         logger.warning(f"prior: none (prior_spacing {prior.target_spacing:g} mm gives one output sample per "
                        f"{forward.spacing[axis]:g} mm slice)")
         return None
-    return prior
+    if values is None or all(round(forward.spacing[a] / values[a]) < 2 for a in prior.inplane):
+        return prior
+    return _cross_scale_for(forward, values, settings, device, progress, thick=prior) or prior
 
 
 def _cross_scale_for(
-    forward: Any, targets: np.ndarray | None, settings: PriorSettings, device: Any, progress: bool
+    forward: Any, targets: np.ndarray | None, settings: PriorSettings, device: Any, progress: bool,
+    thick: SlicePrior | None = None,
 ) -> SlicePrior | None:
-    """:func:`prior_for` on a scan without a thick axis: the cross-scale prior, or ``None`` (logged why)."""
+    """:func:`prior_for` on a scan without a thick axis: the cross-scale prior, or ``None`` (logged why). With the
+    scan's thick-slice prior ``thick``: the cross-scale prior over its output's in-plane axes after it
+    (:class:`~cunerf_monai.combined_prior.SliceCrossScalePrior`), or ``None`` (the thick-slice prior alone)."""
+    from .combined_prior import SliceCrossScalePrior
     from .cross_scale_prior import CrossScalePrior
 
-    spacing = [round(s, 3) for s in forward.spacing]
+    axes = [a for a in range(3) if thick is None or a != thick.axis]
+    spacing, widths = list(forward.spacing), list(forward.widths)
+    profiles = [forward.profiles[a] for a in axes]
+    rounded = [round(s, 3) for s in spacing]
     if targets is None:
-        logger.info(f"prior: none (no thick axis in spacing {spacing}; prior_spacing names the output spacing the "
+        logger.info(f"prior: none (no thick axis in spacing {rounded}; prior_spacing names the output spacing the "
                     f"cross-scale prior works at)")
         return None
-    if len(set(forward.profiles)) > 1:
-        logger.info(f"prior: none (the cross-scale prior needs one voxel profile, got {list(forward.profiles)})")
+    targets = np.array(targets, dtype=np.float64)
+    if thick is not None:  # the thick-slice output: its grid along the thick axis, not upsampled again
+        grid = thick.grid_for([2, 2, 2])
+        spacing[thick.axis] = widths[thick.axis] = targets[thick.axis] = grid.spacing
+    which = "in-plane " if thick is not None else ""
+    if len(set(profiles)) > 1:
+        logger.info(f"prior: no cross-scale part (it needs one {which}voxel profile, got {profiles})")
         return None
-    if forward.profiles[0] == "point":  # measured: aliasing one scale up does not teach aliasing at the output scale
-        logger.info("prior: none (point-sampled voxels: the cross-scale prior is for voxels that average a footprint)")
+    if profiles[0] == "point":  # measured: aliasing one scale up does not teach aliasing at the output scale
+        logger.info(f"prior: no cross-scale part (point-sampled {which}voxels: it is for voxels that average a "
+                    f"footprint)")
         return None
-    if all(round(s / t) < 2 for s, t in zip(forward.spacing, targets)):
-        logger.info(f"prior: none (prior_spacing {[float(t) for t in targets]} mm is not half the spacing {spacing} "
+    if all(round(spacing[a] / targets[a]) < 2 for a in axes):
+        logger.info(f"prior: none (prior_spacing {[float(t) for t in targets]} mm is not half the spacing {rounded} "
                     f"on any axis)")
         return None
-    return CrossScalePrior(forward.spacing, forward.profiles[0], forward.widths, targets, settings, device, progress)
+    cross = CrossScalePrior(spacing, profiles[0], widths, targets, settings, device, progress)
+    return cross if thick is None else SliceCrossScalePrior(thick, cross)
 
 
 def describe(prior: SlicePrior | None) -> dict[str, Any] | str:
