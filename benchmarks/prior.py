@@ -4,7 +4,8 @@ Every row (volume × scale × degradation × mode; matched and blind forward mod
 ``benchmarks/quality.py`` in its own process, so its peak resident memory is its own. With the shipped defaults a
 fit runs a prior (``prior: auto``): the thick-slice prior on a thick-slice LR (the slice-axis rows, the chest CT's 3D
 rows), the cross-scale prior on an isotropic LR of box voxels (the Colin27 3D box rows; ``evaluate`` tells the fit
-the HR grid's spacing). The quality runs already score:
+the HR grid's spacing), and both in turn on a thick-slice LR whose in-plane voxels are boxes too (the chest CT's 3D box
+rows told the degradation, ``matched``). The quality runs already score:
 
 * **fused** (``cunerf``): the prior's proposal made consistent with the LR and held by the field, the default output;
 * **prior alone** (``prior_proposal``): the proposal before the (last) consistency correction;
@@ -23,6 +24,7 @@ Examples::
     python benchmarks/prior.py                       # the 16 slice-axis rows (about an hour on 2 cores), the table
     python benchmarks/prior.py --volumes colin27 --scales 4 --degradations box --forward-models blind
     python benchmarks/prior.py --modes 3d --volumes colin27 --degradations box --forward-models matched --field
+    python benchmarks/prior.py --modes 3d --volumes chest_ct --degradations box --forward-models matched --field
     python benchmarks/prior.py --modes 3d --volumes colin27 --scales 2 --degradations box --forward-models matched \
         --prior-data /data/hr_volumes                # the prior_data row
     python benchmarks/prior.py --field               # also rerun the field-alone rows (prior: none)
@@ -79,7 +81,16 @@ def _profile(prior: dict | None) -> str:
     if not prior.get("applied", True):
         gain = prior.get("inplane_gain_db")
         return "stepped aside" + ("" if gain is None else f": {gain:+.2f} dB held-out")
+    if "slices" in prior:  # the thick-slice prior then the cross-scale prior: both parts' profiles
+        cross = prior["cross_scale"]["profile"] if len(prior.get("grids", ())) > 1 else "stepped aside"
+        return f"{prior['slices']['profile']}, then in-plane {cross}"
     return prior["profile"]
+
+
+def _data(prior: dict | None) -> list[str] | None:
+    """The names of the ``prior_data`` volumes the prior trained on (a combined prior: its parts'), or ``None``."""
+    prior = prior or {}
+    return prior.get("data") or (prior.get("slices") or {}).get("data")
 
 
 def table_rows(volumes, scales, degradations, forward_models, modes=("slice",)) -> list[dict]:
@@ -98,7 +109,7 @@ def table_rows(volumes, scales, degradations, forward_models, modes=("slice",)) 
             row, m = fused
             res, best, budget = m["results"], m["best_aligned_baseline"], m["budget"]
             proposal = res.get("prior_proposal")  # none when the prior stepped aside (the field alone)
-            data = (m["prior"] or {}).get("data")
+            data = _data(m["prior"])
             rows.append({
                 "row": f"{volume} ×{scale} {'slice axis' if mode == 'slice' else '3D'} {degradation}",
                 "forward_model": fm + (f" + prior_data {', '.join(data)}" if suffix and data else ""),

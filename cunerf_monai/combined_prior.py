@@ -16,14 +16,22 @@ prior (:class:`~cunerf_monai.cross_scale_prior.CrossScalePrior`) sharpens from t
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .cross_scale_prior import CrossScalePrior
-from .slice_prior import PriorResult, PriorVolume, SlicePrior, ThickAxisGrid, carry_along, in_quadrature
+from .slice_prior import (
+    PriorResult,
+    PriorVolume,
+    SlicePrior,
+    ThickAxisGrid,
+    carry_along,
+    in_quadrature,
+    merged_runs,
+    prior_volume,
+)
 
 __all__ = ["SliceCrossScalePrior"]
 
@@ -60,7 +68,9 @@ class SliceCrossScalePrior(SlicePrior):
         return self.slices.grids_for(lr_shape) + self.cross.grids_for(self._after_slices(lr_shape))
 
     def too_small(self, lr_shape: Sequence[int]) -> bool:
-        return self.slices.too_small(lr_shape) or self.cross.too_small(self._after_slices(lr_shape))
+        """Whether the thick-slice part cannot learn from a volume of ``lr_shape`` (a cross-scale part too small for
+        its output is skipped by :meth:`run`: the thick-slice output alone)."""
+        return self.slices.too_small(lr_shape)
 
     def footprint(self, axis: int) -> tuple[str, float]:
         return self.slices.footprint(axis) if axis == self.axis else self.cross.footprint(axis)
@@ -92,33 +102,35 @@ class SliceCrossScalePrior(SlicePrior):
 
     # ------------------------------------------------------------------ run
     def run(self, lr: torch.Tensor | np.ndarray) -> PriorResult:
-        """The thick-slice prior on ``lr`` ``(X, Y, Z)``, then (if it passed its gate) the cross-scale prior on its
-        output; the result holds the output of the last part applied."""
-        vol = torch.as_tensor(np.asarray(lr, dtype=np.float32)) if not isinstance(lr, torch.Tensor) else lr.float().cpu()
-        if vol.ndim != 3:
-            raise ValueError(f"the prior takes a 3D volume (X, Y, Z), got shape {tuple(vol.shape)}.")
+        """The thick-slice prior on ``lr`` ``(X, Y, Z)``, then (if it passed its gate, and the in-plane axes hold
+        enough voxels) the cross-scale prior on its output; the result holds the output of the last part applied."""
+        vol = prior_volume(lr)
+        after = self._after_slices(vol.shape)
         if self.pretrained is not None:
             self.check_pretrained(self.learned(self.grids_for(vol.shape)))
         logger.info("prior: the thick axis first (thick-slice prior), then the in-plane axes (cross-scale prior)")
         first = self.slices.run(vol)
         if first.fused is None:
-            return first
-        second = self.cross.run(first.fused)
-        return self._compose(vol, first, second)
+            return self._compose(vol, first, None)
+        if self.cross.too_small(after):
+            logger.warning(f"prior: the thick-slice output alone (in-plane {[after[a] for a in self.inplane]} voxels are "
+                           f"too few for the cross-scale prior's pairs)")
+            return self._compose(vol, first, None)
+        return self._compose(vol, first, self.cross.run(first.fused))
 
-    def _compose(self, vol: torch.Tensor, first: PriorResult, second: PriorResult) -> PriorResult:
-        """One result of the two parts: the grids of the parts applied, the uncertainty of the thick-slice part
-        carried onto the in-plane grids and added in quadrature, times summed, every network and stage record."""
-        seconds = dict(first.seconds)
-        for key, value in second.seconds.items():
-            seconds[key] = seconds.get(key, 0.0) + value
-        losses = [first.train_loss, second.train_loss]
-        loss = float(np.mean(losses)) if all(math.isfinite(v) for v in losses) else float("nan")
-        records = [{**r, "stage": k + 1} for k, r in enumerate(first.stages + second.stages)]
-        networks = first.networks + second.networks
-        learned = {"slices": first.learned, "cross_scale": second.learned}
-        if second.fused is None:  # the cross-scale part missed its gate: the thick-slice output
-            logger.info("prior: the cross-scale part missed its gate; the thick-slice output alone")
+    def _compose(self, vol: torch.Tensor, first: PriorResult, second: PriorResult | None) -> PriorResult:
+        """One result of the parts run (``second`` ``None``: the cross-scale part did not run): the grids of the parts
+        applied, the uncertainty of the thick-slice part carried onto the in-plane grids and added in quadrature,
+        times summed, every network and stage record; ``learned`` names both parts' tasks, so a saved prior is one for
+        scans needing both."""
+        runs = [first] if second is None else [first, second]
+        seconds, loss, records = merged_runs(runs)
+        networks = [w for r in runs for w in r.networks]
+        learned = {"slices": first.learned,
+                   "cross_scale": self.cross.learned(self.cross.grids_for(self._after_slices(vol.shape)))}
+        if first.fused is None or second is None or second.fused is None:  # the output of the thick-slice part, if any
+            if second is not None:
+                logger.info("prior: the cross-scale part missed its gate; the thick-slice output alone")
             return PriorResult(first.fused, first.proposal, first.uncertainty, first.grids, first.consistency_psnr, loss,
                                seconds, first.inplane_gain, networks, learned, records)
         grids = first.grids + second.grids

@@ -29,7 +29,6 @@ The same mechanism as the thick-slice prior (:class:`~cunerf_monai.slice_prior.S
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -46,6 +45,8 @@ from .slice_prior import (
     carry_along,
     degraded_pairs,
     in_quadrature,
+    merged_runs,
+    prior_volume,
 )
 
 __all__ = ["CrossScalePrior", "stage_factors", "held_out_slab"]
@@ -202,7 +203,7 @@ class CrossScalePrior(SlicePrior):
     def run(self, lr: torch.Tensor | np.ndarray) -> PriorResult:
         """Train (or load) and apply the stages in turn on ``lr`` ``(X, Y, Z)``; the output grids are those of the
         stages applied (their factors multiplied), the fused volume the last applied stage's."""
-        vol = torch.as_tensor(np.asarray(lr, dtype=np.float32)) if not isinstance(lr, torch.Tensor) else lr.float().cpu()
+        vol = prior_volume(lr)
         stages = self._stage_priors(tuple(vol.shape))
         if len(stages) == 1:
             return self._single(vol)
@@ -237,16 +238,10 @@ class CrossScalePrior(SlicePrior):
         """The staged result: applied stages' factors multiplied into output grids of the LR, uncertainties carried
         onto the last grid (linear interpolation) and added in quadrature, stage times summed."""
         applied = [r for r in results if r.fused is not None]
-        seconds: dict[str, float] = {}
-        for r in results:
-            for key, value in r.seconds.items():
-                seconds[key] = seconds.get(key, 0.0) + value
-        losses = [r.train_loss for r in results]
-        loss = float(np.mean(losses)) if all(math.isfinite(v) for v in losses) else float("nan")
+        seconds, loss, records = merged_runs(results)
         networks = [w for r in results for w in r.networks]
         trained = [stage.learned(stage.grids_for(shape))["stages"][0] for (stage, shape), _ in zip(stages, results)]
         learned = {**SlicePrior.learned(self, self.grids_for(vol.shape)), "stages": trained}
-        records = [{**r.stages[0], "stage": k + 1} for k, r in enumerate(results)]
         if not applied:
             first = results[0]
             return PriorResult(None, None, None, first.grids, float("nan"), loss, seconds, first.inplane_gain,

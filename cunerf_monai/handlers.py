@@ -100,6 +100,23 @@ def _mlflow_handler(engine: Engine) -> Any | None:
     return None
 
 
+#: the longest parameter value MLflow keeps (longer values are cut)
+MLFLOW_PARAM_CHARS = 500
+
+
+def flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``params`` with every value that holds mappings split into one param per entry (``prior.slices``,
+    ``prior.cross_scale``, …), so that no part of a nested setting is cut at :data:`MLFLOW_PARAM_CHARS`."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and any(isinstance(v, Mapping) for v in value.values()):
+            out.update(flat_params(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
 class TrackingExtras:
     """When the run is tracked with MLflow (``--tracking mlflow``), add what MONAI's handler does not log:
     the fit's parameters, a picture of the result (mid slices per plane: input, ×2 render, fit error) and the
@@ -141,8 +158,8 @@ class TrackingExtras:
             return
         run_id = handler.cur_run.info.run_id
         client = handler.client
-        for key, value in self.params.items():
-            client.log_param(run_id, key, str(value)[:500])
+        for key, value in flat_params(self.params).items():
+            client.log_param(run_id, key, str(value)[:MLFLOW_PARAM_CHARS])
         for key, value in self.metrics.items():
             client.log_metric(run_id, key, float(value))
         picture = self.picture(Path(self.output_dir) / "result_slices.png")

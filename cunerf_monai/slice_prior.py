@@ -365,6 +365,31 @@ def in_quadrature(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(first.to(second.dtype) ** 2 + second**2)
 
 
+def prior_volume(lr: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``lr`` as a float32 CPU tensor ``(X, Y, Z)``, what a prior's ``run`` takes.
+
+    Raises:
+        ValueError: not three-dimensional.
+    """
+    vol = torch.as_tensor(np.asarray(lr, dtype=np.float32)) if not isinstance(lr, torch.Tensor) else lr.float().cpu()
+    if vol.ndim != 3:
+        raise ValueError(f"the prior takes a 3D volume (X, Y, Z), got shape {tuple(vol.shape)}.")
+    return vol
+
+
+def merged_runs(results: Sequence[PriorResult]) -> tuple[dict[str, float], float, list[dict[str, Any]]]:
+    """What the runs of several stages or parts add up to: their times per step summed, the mean of their training
+    losses (NaN when one was loaded, not trained) and their stage records numbered ``stage`` 1, 2, … in turn."""
+    seconds: dict[str, float] = {}
+    for r in results:
+        for key, value in r.seconds.items():
+            seconds[key] = seconds.get(key, 0.0) + value
+    losses = [r.train_loss for r in results]
+    loss = float(np.mean(losses)) if all(math.isfinite(v) for v in losses) else float("nan")
+    records = [{**record, "stage": k + 1} for k, record in enumerate(rec for r in results for rec in r.stages)]
+    return seconds, loss, records
+
+
 class SlicePrior:
     """Train the in-plane prior on one LR volume and apply it through-plane (see the module docstring). The base of
     :class:`~cunerf_monai.cross_scale_prior.CrossScalePrior` (one mechanism, other pairs).
@@ -588,8 +613,13 @@ class SlicePrior:
         what this scan needs."""
         if check:
             self.check_pretrained(self.learned(grids))
+        networks = self.pretrained["networks"]
+        if stage >= len(networks):  # its training stopped before this stage (a stage before missed its gate)
+            raise ValueError(f"the saved prior {self.pretrained.get('path', '')} holds {len(networks)} network(s) "
+                             f"here, and this scan reaches stage {stage + 1}, which needs one more (the saved "
+                             f"prior's training stopped before it: a stage missed its gate).")
         net = PlaneResidualNet(self.settings.channels, self.settings.layers)
-        net.load_state_dict(self.pretrained["networks"][stage])
+        net.load_state_dict(networks[stage])
         self.network = net.to(self.device).eval()
 
     # ------------------------------------------------------------------ training
@@ -745,9 +775,7 @@ class SlicePrior:
 
     def run(self, lr: torch.Tensor | np.ndarray) -> PriorResult:
         """Train on ``lr`` ``(X, Y, Z)`` (normalised intensities) and return the fused volume on the output grids."""
-        vol = torch.as_tensor(np.asarray(lr, dtype=np.float32)) if not isinstance(lr, torch.Tensor) else lr.float().cpu()
-        if vol.ndim != 3:
-            raise ValueError(f"the prior takes a 3D volume (X, Y, Z), got shape {tuple(vol.shape)}.")
+        vol = prior_volume(lr)
         grids = self.grids_for(vol.shape)
         seconds: dict[str, float] = {}
         start = time.perf_counter()
@@ -968,18 +996,20 @@ def _cross_scale_for(
                     f"cross-scale prior works at)")
         return None
     targets = np.array(targets, dtype=np.float64)
-    if thick is not None:  # the thick-slice output: its grid along the thick axis, not upsampled again
-        grid = thick.grid_for([2, 2, 2])
-        spacing[thick.axis] = widths[thick.axis] = targets[thick.axis] = grid.spacing
-    which = "in-plane " if thick is not None else ""
+    if thick is not None:  # the thick-slice output's spacing along the thick axis: not upsampled again (its width
+        # is not used: pairs and corrections are made along upsampled axes only)
+        a = thick.axis
+        spacing[a] = targets[a] = forward.spacing[a] / round(forward.spacing[a] / thick.target_spacing)
+        widths[a] = 0.0 if thick.profile == "point" else spacing[a]
+    verdict, which = ("the thick-slice prior alone", "in-plane ") if thick is not None else ("none", "")
     if len(set(profiles)) > 1:
-        logger.info(f"prior: no cross-scale part (it needs one {which}voxel profile, got {profiles})")
+        logger.info(f"prior: {verdict} (the cross-scale prior needs one {which}voxel profile, got {profiles})")
         return None
     if profiles[0] == "point":  # measured: aliasing one scale up does not teach aliasing at the output scale
-        logger.info(f"prior: no cross-scale part (point-sampled {which}voxels: it is for voxels that average a "
-                    f"footprint)")
+        logger.info(f"prior: {verdict} (point-sampled {which}voxels: the cross-scale prior is for voxels that average "
+                    f"a footprint)")
         return None
-    if all(round(spacing[a] / targets[a]) < 2 for a in axes):
+    if all(round(spacing[a] / targets[a]) < 2 for a in axes):  # (a thick-slice scan's caller checked this)
         logger.info(f"prior: none (prior_spacing {[float(t) for t in targets]} mm is not half the spacing {rounded} "
                     f"on any axis)")
         return None

@@ -70,6 +70,36 @@ def blocks(n: int = 48, count: int = 60, seed: int = 0) -> np.ndarray:
     return vol / vol.max()
 
 
+@pytest.fixture
+def gate_verdicts(monkeypatch):
+    """``gate_verdicts([0.5, -1.0])``: the priors' gates read these held-out gains (dB) in turn, whatever their
+    networks learnt (a further verdict raises ``StopIteration``)."""
+    from cunerf_monai.slice_prior import SlicePrior
+
+    def given(verdicts: Sequence[float]) -> None:
+        gains = iter(verdicts)
+        monkeypatch.setattr(SlicePrior, "inplane_gain",
+                            lambda self, groups: {"best": next(gains), "start": 0.0, "best_baseline": "keys"})
+
+    return given
+
+
+@pytest.fixture
+def loaded_networks(monkeypatch) -> list:
+    """The state dicts loaded into plane networks from here on, in order."""
+    from cunerf_monai.networks.planenet import PlaneResidualNet
+
+    loaded: list = []
+    real = PlaneResidualNet.load_state_dict
+
+    def recording(self, state, *args, **kwargs):
+        loaded.append(state)
+        return real(self, state, *args, **kwargs)
+
+    monkeypatch.setattr(PlaneResidualNet, "load_state_dict", recording)
+    return loaded
+
+
 @pytest.fixture(scope="session")
 def tiny_overlay(tmp_path_factory) -> Path:
     """:data:`TINY_OVERLAY` as a config overlay file."""

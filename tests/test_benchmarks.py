@@ -97,3 +97,17 @@ def test_time_to_quality_headline_is_the_final_checkpoint(tmp_path):
     assert row[4].strip() == "31.50 (2.0 min, 20 it)"
     assert row[5].strip() == "-0.50"  # the final checkpoint against the baseline (the headline)
     assert row[6].strip() == "+1.00"  # the best measurement, picked on the HR volume, beside it
+
+
+def test_prior_table_names_both_parts_of_a_combined_prior():
+    """A row fitted with the thick-slice then cross-scale prior names both parts' profiles, and says when the
+    cross-scale part stepped aside (one grid: the thick axis'); its prior_data folder is read from the parts."""
+    from prior import _data, _profile
+
+    both = {"kind": "slices+cross-scale", "applied": True, "grids": [{}, {}, {}],
+            "slices": {"profile": "box", "data": ["chest_ct"]}, "cross_scale": {"profile": "gaussian"}}
+    assert _profile(both) == "box, then in-plane gaussian"
+    assert _profile(dict(both, grids=[{}])) == "box, then in-plane stepped aside"
+    assert _profile(dict(both, applied=False, inplane_gain_db=-0.2)) == "stepped aside: -0.20 dB held-out"
+    assert _profile({"kind": "slices", "profile": "point", "applied": True}) == "point"
+    assert _data(both) == ["chest_ct"] and _data({"data": ["colin27"]}) == ["colin27"] and _data(None) is None

@@ -265,3 +265,32 @@ def test_isotropic_scan_told_a_finer_spacing_fits_through_the_cross_scale_prior(
     assert result.workflow.parser.get_parsed_content("settings")["prior"]["kind"] == "cross-scale"
     without = fit(path, tmp_path / "alone", dict(SHORT, forward_model="box"))  # no finer spacing: the field alone
     assert without.prior is None and tuple(without.network.coarse.samples.shape) == (16, 14, 12)
+
+
+def test_thick_scan_told_a_finer_in_plane_spacing_fits_through_both_priors(tmp_path):
+    """A thick axis and box voxels in-plane, prior_spacing half of every spacing: the thick-slice prior along z, then
+    the cross-scale prior in-plane; the field holds the output grid of all three axes, each LR voxel is the mean of
+    its 2 × 2 × 2 output voxels, and fit.json records both parts."""
+    path = tmp_path / "thick.nii.gz"
+    i, j, k = np.meshgrid(np.arange(16), np.arange(14), np.arange(8), indexing="ij")
+    vol = 100.0 + 50.0 * ((i - 8) ** 2 + (j - 7) ** 2 < 12 + 3 * k) + 5.0 * np.sin(i / 2.0)
+    nib.save(nib.Nifti1Image(vol.astype(np.float32), np.diag([2.0, 2.0, 4.0, 1.0])), str(path))
+    result = fit(path, tmp_path / "run", dict(SHORT, forward_model="box", prior_spacing=[1.0, 1.0, 2.0]))
+    assert result.prior["kind"] == "slices+cross-scale" and result.prior["applied"] is True
+    assert [(g["axis"], g["subdivision"]) for g in result.prior["grids"]] == [(2, 2), (0, 2), (1, 2)]
+    assert result.prior["slices"]["axis"] == 2 and result.prior["cross_scale"]["axes"] == [0, 1]
+    assert [s["stage"] for s in result.prior["stages"]] == [1, 2]
+    samples = result.network.coarse.samples.detach()
+    assert tuple(samples.shape) == (32, 28, 16)
+    lr = result.workflow.parser.get_parsed_content("train#image")[0]
+    fused = result.workflow.parser.get_parsed_content("prior_result").fused
+    means = fused.reshape(16, 2, 14, 2, 8, 2).mean((1, 3, 5))
+    assert float((means - lr).abs().max()) < 1e-4 and result.prior["consistency_psnr_db"] >= 45.0
+    from cunerf_monai.modeldir import save_model_dir
+    from cunerf_monai.slice_prior import PRIOR_MODEL_FILE, load_prior_model
+
+    save_model_dir(tmp_path / "model", result, path, [], dict(SHORT))
+    saved = json.loads((tmp_path / "model" / "fit.json").read_text())["prior"]
+    assert saved["kind"] == "slices+cross-scale" and len(saved["grids"]) == 3
+    model = load_prior_model(tmp_path / "model" / PRIOR_MODEL_FILE)  # one network per part, both tasks
+    assert len(model["networks"]) == 2 and set(model["learned"]) == {"slices", "cross_scale"}

@@ -14,7 +14,6 @@ from conftest import blocks
 from cunerf_monai.cross_scale_prior import CrossScalePrior, held_out_slab
 from cunerf_monai.evaluation import psnr, run_baselines
 from cunerf_monai.forward_model import ForwardModel
-from cunerf_monai.networks.planenet import PlaneResidualNet
 from cunerf_monai.slice_prior import PriorSettings, SlicePrior, field_grid, prior_for, render_forward, run_prior
 from cunerf_monai.transforms.array import SimulateLowResolution
 
@@ -172,12 +171,10 @@ def test_times_four_is_two_times_two_stages_composed_on_the_lr_grid():
     assert result.learned["stages"] == [[[2, 2.0]], [[2, 2.0]]]
 
 
-def test_stages_stop_at_the_first_that_misses_its_gate(monkeypatch):
+def test_stages_stop_at_the_first_that_misses_its_gate(gate_verdicts):
     """The second stage misses its gate: the output holds the first stage (×2 grid), and the record says so."""
     lr = torch.from_numpy(degraded(blocks(48, count=80), "box", 4)[0].numpy())
-    gains = iter([0.5, -1.0])  # the held-out verdicts of the two stages (the gate: 0.1 dB)
-    monkeypatch.setattr(SlicePrior, "inplane_gain",
-                        lambda self, groups: {"best": next(gains), "start": 0.0, "best_baseline": "keys"})
+    gate_verdicts([0.5, -1.0])  # the held-out verdicts of the two stages (the gate: 0.1 dB)
     prior = CrossScalePrior((4.0,) * 3, "box", (4.0,) * 3, 1.0, PriorSettings(steps=3, patch=16))
     result = prior.run(lr)
     assert [g.subdivision for g in result.grids] == [2, 2, 2] and result.fused.shape == (24, 24, 24)
@@ -185,24 +182,16 @@ def test_stages_stop_at_the_first_that_misses_its_gate(monkeypatch):
     assert result.consistency_psnr >= 100.0
 
 
-def test_a_saved_two_stage_prior_applies_each_stage_network_in_turn(monkeypatch):
+def test_a_saved_two_stage_prior_applies_each_stage_network_in_turn(loaded_networks):
     """Applied to another scan, a saved ×4 prior loads stage k's network into stage k and trains nothing; a scan
     that needs another task (here Gaussian voxels) is refused, naming both."""
     settings = PriorSettings(steps=2, patch=16, min_gain=-100.0)
     trained = CrossScalePrior((4.0,) * 3, "box", (4.0,) * 3, 1.0, settings).run(
         torch.from_numpy(degraded(blocks(48, count=80, seed=1), "box", 4)[0].numpy()))
     saved = {"learned": trained.learned, "networks": trained.networks, "path": "saved.pt"}
-    loaded = []
-    real = PlaneResidualNet.load_state_dict
-
-    def recording(self, state, *args, **kwargs):
-        loaded.append(state)
-        return real(self, state, *args, **kwargs)
-
-    monkeypatch.setattr(PlaneResidualNet, "load_state_dict", recording)
     other = torch.from_numpy(degraded(blocks(48, count=80, seed=2), "box", 4)[0].numpy())
     applied = CrossScalePrior((4.0,) * 3, "box", (4.0,) * 3, 1.0, settings).use(pretrained=saved).run(other)
-    assert [id(s) for s in loaded] == [id(n) for n in trained.networks]  # stage 1's, then stage 2's
+    assert [id(s) for s in loaded_networks] == [id(n) for n in trained.networks]  # stage 1's, then stage 2's
     assert [r["train_l1"] for r in applied.stages] == [None, None] and applied.consistency_psnr >= 100.0
     with pytest.raises(ValueError, match=r"learned .*'profile': 'box'.*needs .*'profile': 'gaussian'"):
         CrossScalePrior((4.0,) * 3, "gaussian", (4.0,) * 3, 1.0, settings).use(pretrained=saved).run(other)
