@@ -11,8 +11,15 @@ rows told the degradation, ``matched``). The quality runs already score:
 * **prior alone** (``prior_proposal``): the proposal before the (last) consistency correction;
 * **field alone**: the same row fitted with ``prior: none`` (the ``*_field`` runs, ``--field`` reruns them).
 
+A ``*_slices_only`` run is a row fitted with ``prior_spacing`` the HR slice spacing on every axis (``quality.py
+--overrides '{"prior_spacing": 5.0}' --suffix _slices_only``): a thick-slice scan then runs the thick-slice prior
+alone, no cross-scale part in-plane, to measure what each part adds.
+
 ``--prior-data DIR`` adds a row per run fitted with ``prior_data: DIR`` (HR volumes a user already has add training
-pairs; the ``*_prior_data`` runs): e.g. the chest CT's HR slices teaching the Colin27 MRI's prior.
+pairs; the ``*_prior_data`` runs): e.g. the chest CT's HR slices teaching the Colin27 MRI's prior. ``--saved-prior
+PATH`` adds a row per run that applies the saved prior of another run instead of training its own (``prior: PATH``;
+the ``*_saved_prior`` runs): every quality run keeps its fit in ``runs/quality/<name>/fit``, whose
+``checkpoints/prior_model.pt`` is the prior it trained.
 
 The table (``benchmarks/results/prior.md`` and the docs block ``prior``) gives PSNR above the best aligned
 baseline, ΔSSIM, the data consistency (the output degraded as the LR was made, against the LR), fit + render time,
@@ -27,6 +34,8 @@ Examples::
     python benchmarks/prior.py --modes 3d --volumes chest_ct --degradations box --forward-models matched --field
     python benchmarks/prior.py --modes 3d --volumes colin27 --scales 2 --degradations box --forward-models matched \
         --prior-data /data/hr_volumes                # the prior_data row
+    python benchmarks/prior.py --volumes colin27 --scales 2 --degradations box --forward-models blind \
+        --saved-prior runs/quality/chest_ct_x2_slice_box_blind/fit   # that row's saved prior applied to Colin27
     python benchmarks/prior.py --field               # also rerun the field-alone rows (prior: none)
     python benchmarks/prior.py --table-only          # rebuild the table from the stored runs
 """
@@ -93,6 +102,17 @@ def _data(prior: dict | None) -> list[str] | None:
     return prior.get("data") or (prior.get("slices") or {}).get("data")
 
 
+def _source(prior: dict | None) -> str:
+    """The run whose saved prior a ``_saved_prior`` row applied: the quality run's name in the path of its
+    ``prior_model.pt`` (``runs/quality/<name>/fit/checkpoints/prior_model.pt``), else the file's folder."""
+    prior = prior or {}
+    path = Path(prior.get("pretrained") or (prior.get("slices") or {}).get("pretrained") or "?")
+    parts = path.parts
+    if "quality" in parts[:-1]:
+        return parts[parts.index("quality") + 1]
+    return path.parent.name
+
+
 def table_rows(volumes, scales, degradations, forward_models, modes=("slice",)) -> list[dict]:
     """One record per stored row with a prior (fused), with its field-alone twin when stored, then its
     ``prior_data`` twin when stored."""
@@ -100,7 +120,7 @@ def table_rows(volumes, scales, degradations, forward_models, modes=("slice",)) 
     for mode, volume, scale, degradation, fm in itertools.product(modes, volumes, scales, degradations, forward_models):
         blind = fm == "blind"
         field = _load(row_name(volume, scale, degradation, blind, "_field", mode))
-        for suffix in ("", "_prior_data"):
+        for suffix in ("", "_prior_data", "_saved_prior", "_slices_only"):
             fused = _load(row_name(volume, scale, degradation, blind, suffix, mode))
             if fused is None or "prior" not in fused[1]:  # no run, or one from before the prior existed
                 continue
@@ -112,7 +132,9 @@ def table_rows(volumes, scales, degradations, forward_models, modes=("slice",)) 
             data = _data(m["prior"])
             rows.append({
                 "row": f"{volume} ×{scale} {'slice axis' if mode == 'slice' else '3D'} {degradation}",
-                "forward_model": fm + (f" + prior_data {', '.join(data)}" if suffix and data else ""),
+                "forward_model": fm + (f" + prior_data {', '.join(data)}" if suffix and data else "")
+                + (f" + saved prior of {_source(m['prior'])}" if suffix == "_saved_prior" else "")
+                + (", told the slice spacing only" if suffix == "_slices_only" else ""),
                 "profile": _profile(m.get("prior")), "kind": (m["prior"] or {}).get("kind", "slices"),
                 "best": best, "best_psnr": res[best]["psnr"],
                 "field": None if field is None else field[0]["margin_psnr"],
@@ -166,6 +188,9 @@ def run(args: argparse.Namespace) -> Path:
         if args.prior_data:
             run_row(volume, scale, degradation, fm, args.threads, mode,
                     {"prior_data": str(Path(args.prior_data).resolve())}, "_prior_data")
+        elif args.saved_prior:
+            run_row(volume, scale, degradation, fm, args.threads, mode,
+                    {"prior": str(Path(args.saved_prior).resolve())}, "_saved_prior")
         else:
             run_row(volume, scale, degradation, fm, args.threads, mode)
     return write_table(args)
@@ -182,6 +207,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--field", action="store_true", help="also rerun the field-alone rows (prior: none)")
     p.add_argument("--prior-data", dest="prior_data", default=None,
                    help="a folder of HR volumes: run the rows with prior_data (the *_prior_data runs) instead")
+    p.add_argument("--saved-prior", dest="saved_prior", default=None,
+                   help="a saved prior (prior_model.pt, or the folder of a run holding one): run the rows with it "
+                        "instead of training theirs (the *_saved_prior runs)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--table-only", dest="table_only", action="store_true", help="only rebuild the table")
     return p.parse_args(argv)

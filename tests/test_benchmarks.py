@@ -111,3 +111,12 @@ def test_prior_table_names_both_parts_of_a_combined_prior():
     assert _profile(dict(both, applied=False, inplane_gain_db=-0.2)) == "stepped aside: -0.20 dB held-out"
     assert _profile({"kind": "slices", "profile": "point", "applied": True}) == "point"
     assert _data(both) == ["chest_ct"] and _data({"data": ["colin27"]}) == ["colin27"] and _data(None) is None
+
+
+def test_a_saved_prior_row_names_the_run_it_came_from():
+    from prior import _source
+
+    run = "/repo/runs/quality/chest_ct_x2_slice_box_blind/fit/checkpoints/prior_model.pt"
+    assert _source({"kind": "slices", "pretrained": run}) == "chest_ct_x2_slice_box_blind"
+    assert _source({"kind": "slices+cross-scale", "slices": {"pretrained": run}}) == "chest_ct_x2_slice_box_blind"
+    assert _source({"pretrained": "/lab/priors/ct_x2/prior_model.pt"}) == "ct_x2"
