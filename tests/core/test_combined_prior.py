@@ -16,7 +16,7 @@ from cunerf_monai.combined_prior import SliceCrossScalePrior
 from cunerf_monai.cross_scale_prior import CrossScalePrior
 from cunerf_monai.evaluation import psnr, run_baselines
 from cunerf_monai.forward_model import ForwardModel
-from cunerf_monai.slice_prior import PriorSettings, SlicePrior, carry_along, field_grid, prior_for, render_forward
+from cunerf_monai.slice_prior import PriorResult, PriorSettings, SlicePrior, field_grid, prior_for, render_forward
 from cunerf_monai.transforms.array import SimulateLowResolution
 
 SPACING = (2.0, 2.0, 4.0)
@@ -73,14 +73,27 @@ def test_composed_parts_reproduce_the_lr_along_every_axis():
     assert [r["factors"] for r in result.stages] == [{"2": 2}, {"0": 2, "1": 2}]
     assert [r["stage"] for r in result.stages] == [1, 2] and len(result.networks) == 2
     assert [g.axis for g in result.grids] == [2, 0, 1]
-    # the thick-slice part's spread, carried onto the in-plane grids, adds in quadrature to the cross-scale part's
-    first = prior.slices.run(lr)
-    second = prior.cross.run(first.fused)
-    carried = carry_along(first.uncertainty, second.grids)
-    assert float(carried.abs().max()) > 0.0
-    torch.testing.assert_close(result.uncertainty, torch.sqrt(carried ** 2 + second.uncertainty ** 2))
     assert result.learned == {"slices": prior.slices.learned(result.grids[:1]),
                               "cross_scale": prior.cross.learned(result.grids[1:])}
+
+
+def test_the_parts_uncertainties_add_in_quadrature_on_the_output_grid():
+    """The thick-slice part's spread (0.3, on its 24 × 24 × 24 grid) is carried onto the in-plane output grid and
+    added in quadrature to the cross-scale part's (0.4): 0.5 everywhere on 48 × 48 × 24."""
+    lr = thick_lr()[0]
+    prior = combined(PriorSettings(steps=1))
+    after = (24, 24, 24)
+
+    def part(shape, spread, grids):
+        return PriorResult(torch.zeros(shape), torch.zeros(shape), torch.full(shape, spread), grids, 100.0, 0.01,
+                           {"train": 1.0}, 0.5, [{}], {}, [{"factors": {}}])
+
+    first = part(after, 0.3, prior.slices.grids_for(lr.shape))
+    second = part((48, 48, 24), 0.4, prior.cross.grids_for(after))
+    result = prior._compose(lr, first, second)
+    assert result.uncertainty.shape == (48, 48, 24)
+    torch.testing.assert_close(result.uncertainty, torch.full((48, 48, 24), 0.5))
+    assert result.seconds == {"train": 2.0} and len(result.networks) == 2
 
 
 def test_a_cross_scale_part_that_misses_its_gate_leaves_the_thick_slice_output(gate_verdicts):
