@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["data_root", "data_path", "relative_to_data"]
+__all__ = ["data_root", "data_path", "relative_to_data", "portable"]
 
 
 def data_root() -> Path:
@@ -31,3 +32,20 @@ def relative_to_data(path: str | os.PathLike) -> str:
         return Path(path).resolve().relative_to(data_root().resolve()).as_posix()
     except ValueError:
         return str(path)
+
+
+def portable(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings …) with every absolute path inside the repository made relative to
+    it and every one inside :func:`data_root` relative to that (a saved prior of ``runs/quality/<name>/fit``, a
+    volume), so stored results hold no one machine's folders."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        for root in (ROOT, data_root()):
+            try:
+                return Path(value).resolve().relative_to(root.resolve()).as_posix()
+            except ValueError:
+                continue
+    return value

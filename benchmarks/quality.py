@@ -39,7 +39,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_paths import data_path, relative_to_data  # noqa: E402  (the shared data folder, said once)
+from data_paths import data_path, portable, relative_to_data  # noqa: E402  (the shared data folder, said once)
 
 DEFAULT_VOLUMES = {"colin27": "colin27/ch2.nii.gz", "chest_ct": "chest_ct/dicom"}  # relative to the data folder
 # slice axis of each volume (the thick / through-plane axis), for the slice-axis ("volumetric") mode
@@ -173,8 +173,8 @@ def store_run(out_root: Path, work: Path, row: dict, metrics: dict) -> None:
     """Keep a run's result files in the results folder: ``<name>.json`` (the row), ``<name>.metrics.json`` and
     ``<name>.png`` (the comparison figure)."""
     name = row["name"]
-    (out_root / f"{name}.json").write_text(json.dumps([row], indent=2))
-    (out_root / f"{name}.metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out_root / f"{name}.json").write_text(json.dumps([portable(row)], indent=2))
+    (out_root / f"{name}.metrics.json").write_text(json.dumps(portable(metrics), indent=2))
     if (work / "figure.png").exists():
         shutil.copyfile(work / "figure.png", out_root / f"{name}.png")
 

@@ -37,3 +37,15 @@ def test_data_folder_is_found_beside_the_repository_or_from_the_environment(tmp_
     outside = tmp_path.parent / "elsewhere.nii.gz"
     assert relative_to_data(outside) == str(outside)
     assert data_path(str(outside)) == str(outside)  # an absolute path is used as it is
+
+
+def test_stored_results_name_repository_and_data_paths_relatively(tmp_path, monkeypatch):
+    """A run's row names a saved prior in the repository's runs folder and a volume in the data folder relative to
+    them; other paths and other values stay as they are."""
+    from data_paths import portable
+
+    monkeypatch.setenv("CUNERF_DATA", str(tmp_path))
+    row = {"overrides": {"prior": str(ROOT / "runs" / "quality" / "a" / "fit")},
+           "input": [str(tmp_path / "colin27" / "ch2.nii.gz"), "/elsewhere/x.nii.gz", 3, None]}
+    assert portable(row) == {"overrides": {"prior": "runs/quality/a/fit"},
+                             "input": ["colin27/ch2.nii.gz", "/elsewhere/x.nii.gz", 3, None]}
