@@ -26,12 +26,18 @@ def data_path(name: str | os.PathLike) -> str:
     return str(data_root() / p)
 
 
+def relative_to(path: str | os.PathLike, root: Path) -> str | None:
+    """``path`` relative to ``root`` (POSIX form) when it lies inside it, else ``None``."""
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
 def relative_to_data(path: str | os.PathLike) -> str:
     """``path`` relative to :func:`data_root` (POSIX form) when it lies inside it, else ``path`` as given."""
-    try:
-        return Path(path).resolve().relative_to(data_root().resolve()).as_posix()
-    except ValueError:
-        return str(path)
+    inside = relative_to(path, data_root())
+    return str(path) if inside is None else inside
 
 
 def portable(value: Any) -> Any:
@@ -44,8 +50,7 @@ def portable(value: Any) -> Any:
         return [portable(v) for v in value]
     if isinstance(value, str) and os.path.isabs(value):
         for root in (ROOT, data_root()):
-            try:
-                return Path(value).resolve().relative_to(root.resolve()).as_posix()
-            except ValueError:
-                continue
+            inside = relative_to(value, root)
+            if inside is not None:
+                return inside
     return value
