@@ -972,7 +972,7 @@ def _prior_of_shape(
         logger.warning(f"prior: none (prior_spacing {prior.target_spacing:g} mm gives one output sample per "
                        f"{forward.spacing[axis]:g} mm slice)")
         return None
-    if values is None or all(round(forward.spacing[a] / values[a]) < 2 for a in prior.inplane):
+    if values is None:
         return prior
     return _cross_scale_for(forward, values, settings, device, progress, thick=prior) or prior
 
@@ -1002,16 +1002,16 @@ def _cross_scale_for(
         spacing[a] = targets[a] = forward.spacing[a] / round(forward.spacing[a] / thick.target_spacing)
         widths[a] = 0.0 if thick.profile == "point" else spacing[a]
     verdict, which = ("the thick-slice prior alone", "in-plane ") if thick is not None else ("none", "")
+    if all(round(spacing[a] / targets[a]) < 2 for a in axes):
+        logger.info(f"prior: {verdict} (prior_spacing {[float(t) for t in targets]} mm is not half the spacing "
+                    f"{rounded} on any {which}axis)")
+        return None
     if len(set(profiles)) > 1:
         logger.info(f"prior: {verdict} (the cross-scale prior needs one {which}voxel profile, got {profiles})")
         return None
     if profiles[0] == "point":  # measured: aliasing one scale up does not teach aliasing at the output scale
         logger.info(f"prior: {verdict} (point-sampled {which}voxels: the cross-scale prior is for voxels that average "
                     f"a footprint)")
-        return None
-    if all(round(spacing[a] / targets[a]) < 2 for a in axes):  # (a thick-slice scan's caller checked this)
-        logger.info(f"prior: none (prior_spacing {[float(t) for t in targets]} mm is not half the spacing {rounded} "
-                    f"on any axis)")
         return None
     cross = CrossScalePrior(spacing, profiles[0], widths, targets, settings, device, progress)
     return cross if thick is None else SliceCrossScalePrior(thick, cross)
