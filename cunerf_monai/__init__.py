@@ -1,3 +1,3 @@
 """cunerf-monai: zero-shot arbitrary-scale medical volume super-resolution (CuNeRF) as MONAI building blocks."""
 
-__version__ = "0.6.0"
+__version__ = "0.6.1"

@@ -72,6 +72,7 @@ def test_composed_parts_reproduce_the_lr_along_every_axis():
     assert float((means - lr).abs().max()) < 1e-5 and result.consistency_psnr >= 100.0
     assert [r["factors"] for r in result.stages] == [{"2": 2}, {"0": 2, "1": 2}]
     assert [r["stage"] for r in result.stages] == [1, 2] and len(result.networks) == 2
+    assert [r["train_steps"] for r in result.stages] == [2, 2]
     assert [g.axis for g in result.grids] == [2, 0, 1]
     assert result.learned == {"slices": prior.slices.learned(result.grids[:1]),
                               "cross_scale": prior.cross.learned(result.grids[1:])}

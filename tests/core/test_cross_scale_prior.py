@@ -169,6 +169,7 @@ def test_times_four_is_two_times_two_stages_composed_on_the_lr_grid():
     means = result.fused.reshape(12, 4, 12, 4, 12, 4).mean((1, 3, 5))
     assert float((means - lr).abs().max()) < 1e-5 and result.consistency_psnr >= 100.0
     assert result.learned["stages"] == [[[2, 2.0]], [[2, 2.0]]]
+    assert [r["train_steps"] for r in result.stages] == [3, 3]  # steps per ×2 stage, not per ×4
 
 
 def test_stages_stop_at_the_first_that_misses_its_gate(gate_verdicts):
@@ -193,5 +194,6 @@ def test_a_saved_two_stage_prior_applies_each_stage_network_in_turn(loaded_netwo
     applied = CrossScalePrior((4.0,) * 3, "box", (4.0,) * 3, 1.0, settings).use(pretrained=saved).run(other)
     assert [id(s) for s in loaded_networks] == [id(n) for n in trained.networks]  # stage 1's, then stage 2's
     assert [r["train_l1"] for r in applied.stages] == [None, None] and applied.consistency_psnr >= 100.0
+    assert [r["train_steps"] for r in applied.stages] == [None, None]  # loaded, not trained
     with pytest.raises(ValueError, match=r"learned .*'profile': 'box'.*needs .*'profile': 'gaussian'"):
         CrossScalePrior((4.0,) * 3, "gaussian", (4.0,) * 3, 1.0, settings).use(pretrained=saved).run(other)

@@ -161,11 +161,21 @@ def test_network_trains_on_the_planes_not_held_out(monkeypatch):
     seen = []
     original = SlicePrior.train
 
-    def spy(self, groups):
+    def spy(self, groups, steps=None):
         seen.extend(g[0].shape[0] for g in groups)
-        return original(self, groups)
+        return original(self, groups, steps)
 
     monkeypatch.setattr(SlicePrior, "train", spy)
     result = prior.run(np.random.default_rng(0).random((24, 20, 9)).astype(np.float32))
     # 9 slices, slice 4 held out; 4 phases of the 1 mm grid per 4 mm slice; both in-plane axes
     assert seen == [8 * 4, 8 * 4] and result.fused is None  # min_gain 100: stepped aside, not applied
+
+
+@pytest.mark.parametrize("slice_mm, factor, steps", [(2.0, 2, 3), (3.0, 3, 5), (4.0, 4, 6)])
+def test_a_wider_thick_axis_trains_steps_per_times_two(slice_mm, factor, steps):
+    """``steps`` per ×2 of the thick axis' factor (``steps · log2 r``): ×2 trains 3, ×3 5, ×4 6; the stage record
+    holds the steps the network ran."""
+    prior = SlicePrior((1.0, 1.0, slice_mm), "box", slice_mm, settings=PriorSettings(steps=3, patch=16, min_gain=100.0))
+    result = prior.run(np.random.default_rng(0).random((20, 18, 6)).astype(np.float32))
+    assert [g.subdivision for g in result.grids] == [factor]
+    assert [r["train_steps"] for r in result.stages] == [steps]
