@@ -140,7 +140,7 @@ class ForwardModel:
 # ---------------------------------------------------------------------------------------------------------------
 # evidence from the volume
 # ---------------------------------------------------------------------------------------------------------------
-def _line_spectrum(vol: np.ndarray, axis: int, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+def line_spectrum(vol: np.ndarray, axis: int, spacing: float) -> tuple[np.ndarray, np.ndarray]:
     """Mean power spectral density of the lines of ``vol`` ``(X, Y, Z)`` along ``axis``: ``(ν (F,), P (F,))``.
 
     ``ν`` in cycles/mm; lines that are (nearly) constant (background) are left out; each line is demeaned and
@@ -191,12 +191,12 @@ def profile_evidence(vol: np.ndarray, spacing: Sequence[float], axis: int, sharp
     Returns:
         ``{"point": r, "box 1.00": r, "gaussian 0.75": r, ...}`` (widths in units of the axis' spacing).
     """
-    ref = [_line_spectrum(vol, a, float(spacing[a])) for a in sharp_axes]
+    ref = [line_spectrum(vol, a, float(spacing[a])) for a in sharp_axes]
     nu_max = min(float(nu[-1]) for nu, _ in ref)
     grid = np.linspace(0.0, nu_max, 2048)
     s_ref = np.mean([np.interp(grid, nu, p) for nu, p in ref], axis=0)
     d = float(spacing[axis])
-    nu_z, p_z = _line_spectrum(vol, axis, d)
+    nu_z, p_z = line_spectrum(vol, axis, d)
     keep = nu_z > 2.5 / (2.0 * len(nu_z) * d)  # the lowest bins hold the window's own leakage
     nu_z, p_z = nu_z[keep], np.maximum(p_z[keep], 1e-30)
     folds = int(math.ceil(nu_max * d)) + 1

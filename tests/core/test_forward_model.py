@@ -63,6 +63,29 @@ def test_isotropic_volume_is_modelled_as_points(hr_field, mode):
     assert "no sharper axis" in model.evidence["axis2"]
 
 
+@pytest.mark.parametrize("factor", [2, 4])
+def test_an_isotropic_box_lr_is_the_point_lr_of_the_box_blurred_volume(hr_field, factor):
+    """Why an isotropic axis cannot be recognised: the LR that box voxels make of a volume is, voxel for voxel and in
+    its affine, the LR that point samples make of the same volume blurred by that box (and shifted by its half-width),
+    so a blind method sees one file where the two answers differ."""
+    hr = hr_field[:, :32, :32, :32]
+    box = SimulateLowResolution((factor,) * 3, "box")(hr)
+    blurred = hr[0].numpy()
+    for axis in range(3):  # the mean of voxels i … i + f − 1, placed at their centre i + (f − 1) / 2
+        moved = np.moveaxis(blurred, axis, -1)
+        windows = np.lib.stride_tricks.sliding_window_view(moved, factor, axis=-1).mean(-1)
+        blurred = np.moveaxis(windows, -1, axis)
+    affine = np.eye(4)
+    affine[:3, 3] = (factor - 1) / 2.0
+    point = SimulateLowResolution((factor,) * 3, "nearest")(MetaTensor(torch.tensor(blurred[None]), affine=torch.tensor(affine)))
+    n = box.shape[1]
+    assert box.shape[1:] == (n, n, n) and point.shape[1] >= n
+    np.testing.assert_allclose(point[0, :n, :n, :n].numpy(), box[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(point.affine), np.asarray(box.affine), atol=1e-9)
+    m = blurred.shape[0]  # the blur is real: the two volumes differ by more than the LR's rounding
+    assert float(np.abs(blurred - hr[0, :m, :m, :m].numpy()).max()) > 0.05
+
+
 def test_kernel_follows_the_data():
     smooth = random_field((48, 48, 48), alpha=4.0, seed=1)
     rng = np.random.default_rng(2)
