@@ -69,9 +69,9 @@ def test_more_training_pairs_come_from_the_hr_volumes(hr_folder, tmp_path, monke
     planes = []
     train = SlicePrior.train
 
-    def counting(self, groups):
+    def counting(self, groups, steps=None):
         planes.append(sum(inputs.shape[0] for inputs, _ in groups))
-        return train(self, groups)
+        return train(self, groups, steps)
 
     monkeypatch.setattr(SlicePrior, "train", counting)
     scan = lr_scan(tmp_path / "scan.nii.gz", seed=1)
