@@ -50,6 +50,7 @@ __all__ = [
     "choose_kernel",
     "dicom_slice_thickness",
     "estimate_forward_model",
+    "line_spectrum",
     "per_axis_setting",
     "profile_evidence",
     "resolve_forward_model",

@@ -279,7 +279,8 @@ class PriorResult:
         networks: the plane networks' weights (CPU), one per stage (the cross-scale prior upsamples ×4 as two ×2
             stages), what a saved prior (:data:`PRIOR_MODEL_FILE`) holds.
         learned: what the networks map, in output pixels (:meth:`SlicePrior.learned`).
-        stages: per stage: its factors, held-out gain, training loss (one stage for the thick-slice prior).
+        stages: per stage: its factors, held-out gain, training loss and steps (``train_steps``; ``None`` for a loaded
+            network; one stage for the thick-slice prior).
     """
 
     fused: torch.Tensor | None
@@ -486,7 +487,8 @@ class SlicePrior:
         """How the network is trained and applied, as JSON."""
         st = self.settings
         return {
-            "steps": st.steps, "batch_size": st.batch_size, "patch": st.patch, "channels": st.channels,
+            # "steps_per": a run of an earlier release, whose steps were a total, is not resumed as if they were per ×2
+            "steps": st.steps, "steps_per": "x2 of upsampling", "batch_size": st.batch_size, "patch": st.patch, "channels": st.channels,
             "layers": st.layers, "learning_rate": st.learning_rate, "covariance_width": st.covariance_width,
             "start": self.start, "min_gain": st.min_gain, "flips": st.flips, "seed": st.seed,
             **({"data": [item.name for item in self.data]} if self.data else {}),
@@ -939,7 +941,8 @@ def prior_for(
             model folder holding one): the prior as for ``auto``, its network loaded instead of trained.
         target_spacing: output spacing in mm, one number or three (the thick-slice prior uses the thick axis'
             value; ``None``: the finest in-plane spacing there, no cross-scale prior).
-        steps, seed: training steps and seed (:class:`PriorSettings`).
+        steps, seed: training steps per ×2 of upsampling (:meth:`SlicePrior.training_steps`) and seed
+            (:class:`PriorSettings`).
         device, progress: where the network runs; progress bars.
         min_gain: held-out gain (dB) the network must reach for the prior to be used (:class:`PriorSettings`).
         data: a folder of HR volumes whose simulated LR versions add training pairs (:func:`load_prior_data`).

@@ -172,10 +172,31 @@ def test_network_trains_on_the_planes_not_held_out(monkeypatch):
 
 
 @pytest.mark.parametrize("slice_mm, factor, steps", [(2.0, 2, 3), (3.0, 3, 5), (4.0, 4, 6)])
-def test_a_wider_thick_axis_trains_steps_per_times_two(slice_mm, factor, steps):
+def test_a_wider_thick_axis_trains_steps_per_times_two(slice_mm, factor, steps, monkeypatch):
     """``steps`` per ×2 of the thick axis' factor (``steps · log2 r``): ×2 trains 3, ×3 5, ×4 6; the stage record
-    holds the steps the network ran."""
+    holds the steps the network ran, and the learning rate decays over those steps."""
+    schedules = []
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR
+
+    def recording(optimizer, T_max, **kwargs):
+        schedules.append(T_max)
+        return cosine(optimizer, T_max, **kwargs)
+
+    monkeypatch.setattr(torch.optim.lr_scheduler, "CosineAnnealingLR", recording)
     prior = SlicePrior((1.0, 1.0, slice_mm), "box", slice_mm, settings=PriorSettings(steps=3, patch=16, min_gain=100.0))
     result = prior.run(np.random.default_rng(0).random((20, 18, 6)).astype(np.float32))
     assert [g.subdivision for g in result.grids] == [factor]
-    assert [r["train_steps"] for r in result.stages] == [steps]
+    assert [r["train_steps"] for r in result.stages] == [steps] and schedules == [steps]
+
+
+def test_a_run_whose_steps_were_a_total_is_not_resumed(tmp_path):
+    """A checkpoint of a release whose ``prior_steps`` was a total (no ``steps_per``) is refused, naming the prior."""
+    from cunerf_monai.checkpoints import LAST, check_resumable
+    from cunerf_monai.slice_prior import describe
+
+    settings = describe(SlicePrior((1.0, 1.0, 4.0), "box", 4.0))
+    earlier = {k: v for k, v in settings.items() if k != "steps_per"}
+    torch.save({"settings": {"prior": earlier}}, tmp_path / LAST)
+    with pytest.raises(ValueError, match="prior"):
+        check_resumable(tmp_path, prior=settings)
+    check_resumable(tmp_path, prior=earlier)  # the same settings resume
