@@ -488,7 +488,8 @@ class SlicePrior:
         st = self.settings
         return {
             # "steps_per": a run of an earlier release, whose steps were a total, is not resumed as if they were per ×2
-            "steps": st.steps, "steps_per": "x2 of upsampling", "batch_size": st.batch_size, "patch": st.patch, "channels": st.channels,
+            "steps": st.steps, "steps_per": "x2 of upsampling", "batch_size": st.batch_size, "patch": st.patch,
+            "channels": st.channels,
             "layers": st.layers, "learning_rate": st.learning_rate, "covariance_width": st.covariance_width,
             "start": self.start, "min_gain": st.min_gain, "flips": st.flips, "seed": st.seed,
             **({"data": [item.name for item in self.data]} if self.data else {}),
@@ -631,12 +632,12 @@ class SlicePrior:
         """Training steps for upsampling by ``grids``' factors: ``settings.steps`` per ×2 of the largest factor
         (``steps · log2 r``, at least ``steps``): 600 at ×2, 1200 at ×4, 951 at ×3. A wider gap between LR samples
         leaves more to learn per pair."""
-        factor = max((g.subdivision for g in grids), default=2)
-        return max(self.settings.steps, int(round(self.settings.steps * math.log2(max(factor, 2)))))
+        factor = max([2, *(g.subdivision for g in grids)])
+        return int(round(self.settings.steps * math.log2(factor)))
 
-    def train(self, groups: list[tuple[np.ndarray, np.ndarray]], steps: int | None = None) -> tuple[float, int]:
+    def train(self, groups: list[tuple[np.ndarray, np.ndarray]], steps: int | None = None) -> float:
         """Train a fresh network on the pairs for ``steps`` steps (default ``settings.steps``); returns the mean L1
-        loss of the last tenth of the steps and the number of steps run."""
+        loss of the last tenth of the steps."""
         from ignite.engine import Engine, Events
         from ignite.handlers import ProgressBar
 
@@ -689,7 +690,7 @@ class SlicePrior:
         engine.run(range(steps), max_epochs=1)
         self.network = net.eval()
         tail = losses[-max(1, len(losses) // 10) :]
-        return float(np.mean(tail)), len(losses)
+        return float(np.mean(tail))
 
     # ------------------------------------------------------------------ application
     @torch.no_grad()
@@ -800,11 +801,10 @@ class SlicePrior:
                   + (f" + {sum(g.inputs.shape[0] for g in extra)} from {len(self.data)} HR volume(s)" if extra else ""))
         logger.info(f"prior: {self.summary(grids)}; {source}, {sum(int(g.held.sum()) for g in groups)} held out")
         start = time.perf_counter()
-        if self.pretrained is None:
-            loss, steps = self.train([g.training() for g in groups] + [g.training() for g in extra],
-                                     self.training_steps(grids))
+        steps = self.training_steps(grids) if self.pretrained is None else None  # None: loaded, not trained
+        if steps is not None:
+            loss = self.train([g.training() for g in groups] + [g.training() for g in extra], steps)
         else:
-            steps = None
             self._load_network(grids, self.stage_index, check=self.stage_index == 0 and self.check_stages)
             loss = float("nan")
         gains = self.inplane_gain(groups)
